@@ -1,0 +1,55 @@
+"""Command line of clbagent. Every command has --help; exit codes are listed in
+:mod:`clbagent.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clbagent import __version__
+from clbagent.commands import EXIT_UNAVAILABLE, importer, render, validate
+
+
+def _unavailable(name: str, what: str, sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        name,
+        help=f"{what} (not in this build yet)",
+        description=f"{what}. Not available in this build yet: exits {EXIT_UNAVAILABLE}.",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        print(f"clbagent {name}: not available in this build yet", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+    p.set_defaults(run=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clbagent",
+        description="Data-plane agent of a cloud load balancer: validates CLB desired state and makes the "
+        "host serve it (nginx for HTTP/HTTPS, IPVS for TCP/UDP).",
+    )
+    parser.add_argument("--version", action="version", version=f"clbagent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    validate.add_parser(sub)
+    validate.schema_parser(sub)
+    importer.add_parser(sub)
+    render.add_parser(sub)
+    _unavailable("apply", "apply documents to this host once (validate, switch, verify, roll back)", sub)
+    _unavailable("run", "run as the agent: watch sources, health-check, apply", sub)
+    _unavailable("status", "show what the host serves and the last apply", sub)
+    _unavailable("health", "show the health of every target", sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

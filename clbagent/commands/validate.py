@@ -1,0 +1,54 @@
+"""`clbagent validate`: check documents and report every problem with its CLB error code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, print_issues, read_state
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check desired-state documents",
+        description="Validate documents. Exit 0 when every document is valid, 2 when any has an error. "
+        "Errors print as 'Code: path: message'; warnings do not change the exit code.",
+    )
+    add_state_arguments(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list of {code, path, message, severity}")
+    p.set_defaults(run=run)
+
+
+def run(args: Any) -> int:
+    state, load_issues = read_state(args)
+    issues = load_issues + state.issues
+    print_issues(issues, args.json)
+    bad = [i for i in issues if i.severity == "error"]
+    if not args.json:
+        lbs = sum(1 for d in state.documents if d.load_balancer is not None or "LoadBalancerId" in str(d.root))
+        status = "invalid" if bad else "valid"
+        print(
+            f"{len(state.documents)} document(s), {lbs} load balancer(s): {status}; "
+            f"{len(bad)} error(s), {len(issues) - len(bad)} warning(s)",
+            file=sys.stderr,
+        )
+    return EXIT_INVALID if bad else EXIT_OK
+
+
+def schema_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of a document",
+        description="Print the JSON Schema of a load-balancer document.",
+    )
+    p.set_defaults(run=run_schema)
+
+
+def run_schema(args: Any) -> int:
+    from clbagent.model import LoadBalancer
+
+    json.dump(LoadBalancer.model_json_schema(by_alias=True), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return EXIT_OK

@@ -1,0 +1,209 @@
+"""Validation of a desired state: every document, every object, every cross reference.
+
+All errors of a document are reported together. A document with errors is quarantined: it is
+reported and left out, and the other load balancers carry on (the agent keeps serving the last
+good version of the quarantined one).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from clbagent.customized import parse_customized
+from clbagent.errors import Code, Issue
+from clbagent.model import LoadBalancer, SharedObjects
+from clbagent.settings import DEFAULT_SETTINGS, Settings
+from clbagent.tls import CIPHER_TOKENS, NAMED_POLICIES
+from clbagent.validate.catalog import Catalog
+from clbagent.validate.certs import check_certificate, now_utc
+from clbagent.validate.listeners import Findings, check_listeners, check_vips, port_family, port_span
+from clbagent.validate.references import check_references
+from clbagent.validate.structure import validate_structure
+
+TLS13_SUITES = {s for p in NAMED_POLICIES.values() for s in p.tls13_suites}
+IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class DocumentResult:
+    """One input document and what validation found in it."""
+
+    source: str
+    root: str
+    model: LoadBalancer | SharedObjects | None
+    issues: list[Issue] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.model is not None and not any(i.severity == "error" for i in self.issues)
+
+    @property
+    def load_balancer(self) -> LoadBalancer | None:
+        return self.model if isinstance(self.model, LoadBalancer) else None
+
+
+@dataclass
+class DesiredState:
+    documents: list[DocumentResult]
+    catalog: Catalog
+    settings: Settings
+
+    @property
+    def issues(self) -> list[Issue]:
+        return [i for d in self.documents for i in d.issues]
+
+    @property
+    def ok(self) -> bool:
+        return all(d.ok for d in self.documents)
+
+    def load_balancers(self) -> dict[str, LoadBalancer]:
+        """The valid load balancers, by ID (quarantined ones are left out)."""
+        return {d.root: d.load_balancer for d in self.documents if d.ok and d.load_balancer is not None}
+
+
+def _root(raw: Any, source: str) -> str:
+    ident = raw.get("LoadBalancerId") if isinstance(raw, dict) else None
+    return ident if isinstance(ident, str) and IDENT.match(ident) else source
+
+
+def _structure(source: str, raw: Any, settings: Settings) -> DocumentResult:
+    root = _root(raw, source)
+    if not isinstance(raw, dict):
+        return DocumentResult(source, root, None, [Issue(root, Code.FORMAT_ERROR, "a document must be a mapping")])
+    model_type = LoadBalancer if "LoadBalancerId" in raw or "Listeners" in raw else SharedObjects
+    model, issues, pruned = validate_structure(model_type, raw, root, settings)
+    return DocumentResult(source, root, model, issues, pruned)
+
+
+def _check_shared(doc: DocumentResult, settings: Settings, now: datetime) -> dict[tuple[str, str], bool]:
+    """Validate the shared objects a document defines; returns (kind, id) -> valid."""
+    assert doc.model is not None
+    f = Findings(doc.root)
+    valid: dict[tuple[str, str], bool] = {}
+    for cert in doc.model.certificates:
+        found = check_certificate(cert, doc.root, now, settings.cert_expiry_warning_days)
+        f.issues.extend(found)
+        valid[("certificate", cert.cert_id)] = not any(i.severity == "error" for i in found)
+    for conf in doc.model.customized_configs:
+        _, problems = parse_customized(conf.config_content)
+        for code, message in problems:
+            f.add(conf.at("ConfigContent"), code, message)
+    for policy in doc.model.tls_policies:
+        for i, cipher in enumerate(policy.ciphers):
+            if cipher not in CIPHER_TOKENS and cipher not in TLS13_SUITES:
+                f.add(f"{policy.at('Ciphers')}[{i}]", Code.INVALID_VALUE, f"cipher {cipher!r} is not allowed")
+    for acl in doc.model.acls:
+        seen: set[str] = set()
+        for entry in acl.acl_entries:
+            text = str(entry.entry)
+            if text in seen:
+                f.add(entry.at("Entry"), Code.ALI_DUPLICATED_ACL_ENTRY, f"entry {text} is listed twice")
+            seen.add(text)
+            if (entry.entry.version == 6) != (acl.address_ip_version == "ipv6"):
+                f.add(
+                    entry.at("Entry"),
+                    Code.ALI_IP_VERSION_CONFLICT,
+                    f"entry {text} does not match the ACL's {acl.address_ip_version}",
+                )
+    doc.issues.extend(f.issues)
+    return valid
+
+
+def _bad_cert_refs(lb: LoadBalancer, valid: dict[tuple[str, str], bool], f: Findings) -> None:
+    for lis in lb.listeners:
+        slots = [(lis.certificate, lis.at("Certificate"))] + [
+            (r.certificate, r.at("Certificate")) for r in lis.rules or []
+        ]
+        for cert, path in slots:
+            for field_name in ("CertId", "CertCaId", "EccCertId"):
+                ident = cert.model_dump(by_alias=True).get(field_name) if cert else None
+                if ident and valid.get(("certificate", ident)) is False:
+                    f.add(f"{path}/{field_name}", Code.INVALID_PARAMETER, f"certificate {ident} is invalid")
+
+
+def _cross_documents(docs: list[DocumentResult]) -> None:
+    """Load balancer IDs are unique and no two load balancers listen on the same VIP and port."""
+    ids: dict[str, DocumentResult] = {}
+    taken: dict[tuple[str, str, int], str] = {}
+    for doc in docs:
+        lb = doc.load_balancer
+        if lb is None:
+            continue
+        if lb.id in ids:
+            doc.issues.append(
+                Issue(
+                    f"{doc.root}/LoadBalancerId",
+                    Code.DUPLICATE,
+                    f"load balancer {lb.id} is also defined in {ids[lb.id].source}",
+                )
+            )
+            continue
+        ids[lb.id] = doc
+        for lis in lb.listeners:
+            for vip in lb.load_balancer_vips:
+                clash = next(
+                    (
+                        taken[k]
+                        for p in port_span(lis)
+                        if (k := (str(vip), port_family(lis.protocol), p)) in taken and taken[k] != lb.id
+                    ),
+                    None,
+                )
+                if clash is not None:
+                    doc.issues.append(
+                        Issue(
+                            f"{doc.root}/{lis.at('Port')}",
+                            Code.PORT_CHECK_FAILED,
+                            f"{vip}:{lis.port} is already served by load balancer {clash}",
+                        )
+                    )
+                    break
+                for p in port_span(lis):
+                    taken.setdefault((str(vip), port_family(lis.protocol), p), lb.id)
+
+
+def validate_documents(
+    docs: list[tuple[str, Any]], settings: Settings = DEFAULT_SETTINGS, now: datetime | None = None
+) -> DesiredState:
+    """Validate raw documents (``(source, data)`` pairs) into a desired state."""
+    now = now or now_utc()
+    results = [_structure(source, raw, settings) for source, raw in docs]
+    catalog = Catalog()
+    valid: dict[tuple[str, str], bool] = {}
+    for doc in results:
+        if doc.model is None:
+            continue
+        for path, kind, ident in catalog.add(doc.model, doc.root):
+            doc.issues.append(
+                Issue(f"{doc.root}/{path}", Code.DUPLICATE, f"{kind} {ident} is defined differently elsewhere")
+            )
+        valid.update(_check_shared(doc, settings, now))
+    if len(catalog.customized_configs) > settings.max_customized_configs:
+        results[0].issues.append(
+            Issue(
+                results[0].root, Code.LIMIT_EXCEEDED, f"at most {settings.max_customized_configs} personalized configs"
+            )
+        )
+    for doc in results:
+        lb = doc.load_balancer
+        if lb is None:
+            continue
+        f = Findings(doc.root)
+        check_vips(lb, f)
+        check_listeners(lb, settings, f)
+        check_references(lb, catalog, settings, f)
+        _bad_cert_refs(lb, valid, f)
+        doc.issues.extend(i for i in f.issues if not _under_pruned(i.path, doc.pruned) and i not in doc.issues)
+    _cross_documents(results)
+    for doc in results:
+        doc.issues.sort(key=lambda i: (i.severity != "error", i.path, i.code))
+    return DesiredState(results, catalog, settings)
+
+
+def _under_pruned(path: str, pruned: list[str]) -> bool:
+    """A cross-object finding on an ancestor of an element left out may only be its side effect."""
+    return any(p.startswith(path) and p != path for p in pruned)

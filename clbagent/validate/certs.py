@@ -1,0 +1,123 @@
+"""Certificate format rules (R85-R92): PEM blocks, 64-column bodies, chain order, key match, expiry."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from clbagent.errors import Code, Issue
+from clbagent.model import Certificate
+
+BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----\n(.*?)\n-----END \1-----", re.S)
+KEY_LABELS = ("RSA PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY")
+B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
+
+
+def _layout(text: str, labels: tuple[str, ...], what: str) -> list[str]:
+    """Problems with the PEM layout of ``text``; empty when every block is well formed."""
+    body = text.replace("\r\n", "\n").strip("\n")
+    problems: list[str] = []
+    if not body.startswith("-----BEGIN "):
+        return [f"{what} must be PEM text starting with a '-----BEGIN ...-----' line"]
+    blocks = list(BLOCK.finditer(body))
+    if not blocks:
+        return [f"{what} has no complete BEGIN/END block"]
+    rest = BLOCK.sub("", body)
+    if rest.strip():
+        problems.append(f"{what} has text outside its BEGIN/END blocks")
+    elif "\n\n" in body or re.search(r"\n[ \t]*\n", body):
+        problems.append(f"{what} must not contain blank lines (not even between chained certificates)")
+    for n, block in enumerate(blocks, 1):
+        if block.group(1) not in labels:
+            problems.append(f"{what} block {n} is '{block.group(1)}', expected {' or '.join(labels)}")
+            continue
+        lines = [ln for ln in block.group(2).split("\n") if not ln.startswith(("Proc-Type", "DEK-Info"))]
+        if any(not B64_LINE.match(ln) for ln in lines if ln):
+            problems.append(f"{what} block {n} body is not base64")
+        elif any(len(ln) != 64 for ln in lines[:-1]) or len(lines[-1]) > 64:
+            problems.append(f"{what} block {n} body lines must be 64 characters (the last at most 64)")
+    return problems
+
+
+def load_chain(text: str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(text.encode())
+
+
+def normalized_key(text: str) -> str:
+    """The key in the traditional OpenSSL form (what ``openssl rsa`` writes), PKCS#8 included."""
+    key = serialization.load_pem_private_key(text.encode(), password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+
+
+def check_certificate(cert: Certificate, root: str, now: datetime, warn_days: int) -> list[Issue]:
+    """All format problems of one certificate object, plus expiry warnings."""
+    out: list[Issue] = []
+    at = f"{root}/{cert.at('CertContent')}"
+    if cert.cert_content is None:
+        return [Issue(at, Code.MISSING_PARAMETER, "certificate content is required (CertContent or CertFile)")]
+    problems = _layout(cert.cert_content, ("CERTIFICATE",), "certificate")
+    if problems:
+        return [Issue(at, Code.FORMAT_ERROR, p) for p in problems]
+    try:
+        chain = load_chain(cert.cert_content)
+    except ValueError as exc:
+        return [Issue(at, Code.FORMAT_ERROR, f"certificate does not parse: {exc}")]
+    for i in range(len(chain) - 1):
+        if chain[i].issuer != chain[i + 1].subject:
+            out.append(
+                Issue(
+                    at,
+                    Code.FORMAT_ERROR,
+                    (
+                        f"chain order: certificate {i + 1} was not issued by certificate {i + 2}; "
+                        "put the server certificate first, then its intermediates"
+                    ),
+                )
+            )
+            break
+    leaf = chain[0]
+    ends = leaf.not_valid_after_utc
+    if ends < now:
+        out.append(Issue(at, Code.FORMAT_ERROR, f"certificate expired on {ends:%Y-%m-%d}", "warning"))
+    elif ends < now + timedelta(days=warn_days):
+        out.append(Issue(at, Code.FORMAT_ERROR, f"certificate expires on {ends:%Y-%m-%d}", "warning"))
+    if cert.cert_type == "SVR":
+        out.extend(_check_key(cert, leaf, root))
+    if cert.cert_algorithm == "sm2" and not (cert.sign_cert and cert.sign_cert_private_key):
+        out.append(
+            Issue(
+                f"{root}/{cert.at('SignCert')}",
+                Code.MISSING_PARAMETER,
+                "an SM2 certificate needs both its signing certificate and signing key",
+            )
+        )
+    return out
+
+
+def _check_key(cert: Certificate, leaf: x509.Certificate, root: str) -> list[Issue]:
+    at = f"{root}/{cert.at('CertKey')}"
+    if not cert.cert_key:
+        return [Issue(at, Code.MISSING_PARAMETER, "a server certificate needs its private key (CertKey)")]
+    problems = _layout(cert.cert_key, KEY_LABELS, "private key")
+    if problems:
+        return [Issue(at, Code.FORMAT_ERROR, p) for p in problems]
+    if "ENCRYPTED" in cert.cert_key:
+        return [Issue(at, Code.FORMAT_ERROR, "encrypted private keys are not accepted; remove the passphrase")]
+    try:
+        key = serialization.load_pem_private_key(cert.cert_key.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        return [Issue(at, Code.FORMAT_ERROR, f"private key does not parse: {exc}")]
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    mine = key.public_key().public_bytes(serialization.Encoding.DER, pub)
+    if mine != leaf.public_key().public_bytes(serialization.Encoding.DER, pub):
+        return [Issue(at, Code.FORMAT_ERROR, "private key does not match the certificate")]
+    return []
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
