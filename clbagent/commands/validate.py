@@ -27,7 +27,7 @@ def run(args: Any) -> int:
     print_issues(issues, args.json)
     bad = [i for i in issues if i.severity == "error"]
     if not args.json:
-        lbs = sum(1 for d in state.documents if d.load_balancer is not None or "LoadBalancerId" in str(d.root))
+        lbs = sum(1 for d in state.documents if d.root != d.source)
         status = "invalid" if bad else "valid"
         print(
             f"{len(state.documents)} document(s), {lbs} load balancer(s): {status}; "

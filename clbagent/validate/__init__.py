@@ -7,6 +7,7 @@ good version of the quarantined one).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +15,7 @@ from typing import Any
 
 from clbagent.customized import parse_customized
 from clbagent.errors import Code, Issue
-from clbagent.model import LoadBalancer, SharedObjects
+from clbagent.model import Certificate, LoadBalancer, SharedObjects
 from clbagent.settings import DEFAULT_SETTINGS, Settings
 from clbagent.tls import CIPHER_TOKENS, NAMED_POLICIES
 from clbagent.validate.catalog import Catalog
@@ -113,6 +114,39 @@ def _check_shared(doc: DocumentResult, settings: Settings, now: datetime) -> dic
     return valid
 
 
+def _inline_certificates(doc: DocumentResult) -> list[Certificate]:
+    """Inline PEM in a listener/rule ``Certificate`` becomes a certificate object with a CertId
+    derived from its content, so that renderers only ever deal with CertIds."""
+    lb = doc.load_balancer
+    found: list[Certificate] = []
+    if lb is None:
+        return found
+    for lis in lb.listeners:
+        slots = [(lis.certificate, lis.at("Certificate"))] + [
+            (r.certificate, r.at("Certificate")) for r in lis.rules or []
+        ]
+        for cert, path in slots:
+            if cert is None:
+                continue
+            if cert.cert_id is None and cert.cert_content:
+                cert.cert_id = _inline_id(cert.cert_content)
+                found.append(_inline(cert.cert_id, "SVR", cert.cert_content, cert.cert_key, f"{path}"))
+            if cert.cert_ca_id is None and cert.cert_ca_content:
+                cert.cert_ca_id = _inline_id(cert.cert_ca_content)
+                found.append(_inline(cert.cert_ca_id, "CA", cert.cert_ca_content, None, f"{path}"))
+    return found
+
+
+def _inline_id(content: str) -> str:
+    return "inline-" + hashlib.sha256(content.encode()).hexdigest()[:12]
+
+
+def _inline(ident: str, kind: str, content: str, key: str | None, path: str) -> Certificate:
+    cert = Certificate.model_validate({"CertId": ident, "CertType": kind, "CertContent": content, "CertKey": key})
+    cert._doc_path = path
+    return cert
+
+
 def _bad_cert_refs(lb: LoadBalancer, valid: dict[tuple[str, str], bool], f: Findings) -> None:
     for lis in lb.listeners:
         slots = [(lis.certificate, lis.at("Certificate"))] + [
@@ -177,6 +211,9 @@ def validate_documents(
     for doc in results:
         if doc.model is None:
             continue
+        inline = _inline_certificates(doc)
+        if inline:
+            doc.model.certificates.extend(inline)
         for path, kind, ident in catalog.add(doc.model, doc.root):
             doc.issues.append(
                 Issue(f"{doc.root}/{path}", Code.DUPLICATE, f"{kind} {ident} is defined differently elsewhere")

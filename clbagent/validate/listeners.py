@@ -336,7 +336,7 @@ def _check_rule(lb: LoadBalancer, lis: Listener, rule: Rule, settings: Settings,
         f.add(rule.at("ForwardType"), Code.UNSUPPORTED_PROTOCOL, "tRPC forwarding is not served by this agent")
     hc = rule.health_check
     set_fields = hc.model_dump(by_alias=True, exclude_none=True)
-    for name in ("CheckType", "ContextType", "SendContext", "RecvContext", "HttpVersion", "CheckPort"):
+    for name in ("CheckType", "ContextType", "SendContext", "RecvContext", "HttpVersion"):
         if name in set_fields:
             f.add(rule.at(f"HealthCheck/{name}"), Code.PROTOCOL_CHECK_FAILED, f"{name} applies to TCP/UDP only")
     if hc.enabled and rule.parsed_domain.kind != "exact" and hc.http_check_domain is None:

@@ -3,8 +3,6 @@ ACLs, and the redirect graph (manual and automatic)."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 from clbagent.customized import parse_customized
 from clbagent.errors import Code
 from clbagent.model import CertificateInput, Listener, LoadBalancer, Rule
@@ -90,9 +88,8 @@ def _check_rewrites(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
     rules = rules_by_id(lb)
     if lb.rewrites and lb.load_balancer_type == "INTERNAL" and not settings.redirects_on_internal:
         f.add("Rewrites", Code.UNSUPPORTED_OPERATION, "redirects are available on public (OPEN) instances only")
-    sources = Counter(rw.source_location_id for rw in lb.rewrites)
     targets = {rw.target_location_id for rw in lb.rewrites}
-    reported: set[str] = set()
+    sources: set[str] = set()
     for rw in lb.rewrites:
         src, dst = rules.get(rw.source_location_id), rules.get(rw.target_location_id)
         for field, ident, found in (
@@ -101,13 +98,13 @@ def _check_rewrites(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
         ):
             if found is None:
                 f.add(rw.at(field), Code.LOCATION_NOT_FOUND, f"no rule with LocationId {ident}")
-        if sources[rw.source_location_id] > 1 and rw.source_location_id not in reported:
-            reported.add(rw.source_location_id)
+        if rw.source_location_id in sources:
             f.add(
                 rw.at("SourceLocationId"),
                 Code.REWRITE_ALREADY_EXIST,
                 f"rule {rw.source_location_id} already redirects; a rule has at most one redirect",
             )
+        sources.add(rw.source_location_id)
         if rw.source_location_id in targets or rw.source_location_id == rw.target_location_id:
             f.add(
                 rw.at("SourceLocationId"),

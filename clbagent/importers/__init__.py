@@ -1,0 +1,1 @@
+"""Importers: other vendors' listener requests converted into clbagent documents."""

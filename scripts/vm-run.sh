@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs one shell command as root inside a throwaway VM: the installed Debian kernel (which has
+# ip_vs as modules, unlike the host kernel) booted with virtme-ng over the host's root file
+# system (read-only; /tmp and /run are writable overlays). Returns the command's exit code.
+#
+#   scripts/vm-run.sh 'ipvsadm -Ln'
+#
+# Environment: CLB_VM_KERNEL (a /boot/vmlinuz-* path; default: the newest one with ip_vs),
+# CLB_VM_ACCEL (auto | kvm | tcg; auto probes KVM for a few seconds, since /dev/kvm may exist but
+# hang), CLB_VM_MEMORY (2G), CLB_VM_CPUS (2), CLB_VM_TIMEOUT (seconds, 900).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+[ $# -ge 1 ] || { echo "usage: $0 COMMAND" >&2; exit 2; }
+
+pick_kernel() {
+  local best="" v
+  for k in /boot/vmlinuz-*; do
+    v=${k#/boot/vmlinuz-}
+    if compgen -G "/usr/lib/modules/$v/kernel/net/netfilter/ipvs/ip_vs.ko*" >/dev/null; then
+      best=$k
+    fi
+  done
+  [ -n "$best" ] || { echo "vm: no /boot/vmlinuz-* with ip_vs modules (apt-get install linux-image-amd64)" >&2; exit 1; }
+  # /boot/vmlinuz-* sorts by version well enough for Debian's names; keep the last.
+  echo "$best"
+}
+
+kernel=${CLB_VM_KERNEL:-$(pick_kernel)}
+[ -r "$kernel" ] || { echo "vm: cannot read $kernel" >&2; exit 1; }
+
+# KVM works when a guest kernel boots far enough to panic on a missing root within a few seconds;
+# a hanging /dev/kvm gets killed by the timeout and we fall back to software emulation.
+kvm_works() {
+  [ -w /dev/kvm ] || return 1
+  timeout 8 qemu-system-x86_64 -accel kvm -m 256 -nographic -no-reboot -kernel "$kernel" \
+    -append "console=ttyS0 panic=-1 root=/dev/nonexistent" </dev/null 2>/dev/null |
+    grep -q -m1 -E "Kernel panic|VFS: Unable to mount"
+}
+
+accel=${CLB_VM_ACCEL:-auto}
+if [ "$accel" = auto ]; then
+  if kvm_works; then accel=kvm; else accel=tcg; fi
+fi
+kvm_flag=()
+[ "$accel" = kvm ] || kvm_flag=(--disable-kvm)
+echo "vm: booting $kernel ($accel, ${CLB_VM_CPUS:-2} cpus, ${CLB_VM_MEMORY:-2G})" >&2
+
+export PATH="$root/.venv/bin:$PATH"
+command -v vng >/dev/null || { echo "vm: vng not found; run scripts/setup.sh (installs the [vm] extra)" >&2; exit 1; }
+inner="cd '$root' && export CLB_IN_VM=1 PYTHONDONTWRITEBYTECODE=1 PATH='$root/.venv/bin':\$PATH && modprobe ip_vs && $1"
+exec timeout "${CLB_VM_TIMEOUT:-900}" vng --run "$kernel" --user root "${kvm_flag[@]}" \
+  --cpus "${CLB_VM_CPUS:-2}" --memory "${CLB_VM_MEMORY:-2G}" -- "$inner"
