@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, print_issues, read_state
+from clbagent.loader import load
+from clbagent.validate import check_transition, validate_documents
 
 
 def add_parser(sub: Any) -> None:
@@ -18,11 +21,21 @@ def add_parser(sub: Any) -> None:
     )
     add_state_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of {code, path, message, severity}")
+    p.add_argument(
+        "--previous",
+        type=Path,
+        action="append",
+        metavar="PATH",
+        help="the documents now applied: also check the change (e.g. SNI cannot be switched off)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: Any) -> int:
     state, load_issues = read_state(args)
+    if args.previous:
+        docs, _ = load(args.previous)
+        check_transition(validate_documents(docs, state.settings), state)
     issues = load_issues + state.issues
     print_issues(issues, args.json)
     bad = [i for i in issues if i.severity == "error"]

@@ -7,7 +7,6 @@ defaults. Every result carries the forced-off list and the OpenSSL warnings of `
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from clbagent.customized import Directive
@@ -23,7 +22,7 @@ class TlsBlock:
     """What a server renders for TLS: certificate pairs, policy, optional client verification."""
 
     certificates: tuple[tuple[str, str], ...]  # (certificate path, key path), RSA then ECC
-    protocols: str
+    protocols: tuple[str, ...]
     ciphers: str
     tls13_suites: str
     client_ca: str | None
@@ -48,18 +47,13 @@ def listener_policy(lis: Listener, catalog: Catalog, personalized: list[Directiv
     return default_tls(), lis.at("Protocol")
 
 
-def inline_id(kind: str, content: str) -> str:
-    """A stable ID for a certificate given inline in a listener or rule (no CertId)."""
-    return f"inline-{kind}-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
-
-
 def _pem(text: str) -> str:
     body = text.replace("\r\n", "\n").strip("\n")
     return body + "\n"
 
 
 def certificate_files(cert: CertificateInput, catalog: Catalog) -> tuple[dict[str, str], list[str], str | None]:
-    """Files a certificate slot needs, the ``ssl_certificate`` paths (RSA first) and the CA path."""
+    """Files a certificate slot needs (inline PEM was given a CertId by validation), the ``ssl_certificate`` paths (RSA first) and the CA path."""
     files: dict[str, str] = {}
     servers: list[str] = []
     objs: list[tuple[str, str, str]] = []  # (id, chain, key)
@@ -67,8 +61,6 @@ def certificate_files(cert: CertificateInput, catalog: Catalog) -> tuple[dict[st
         obj: Certificate | None = catalog.certificates.get(ident) if ident else None
         if obj is not None and obj.cert_content and obj.cert_key:
             objs.append((obj.cert_id, obj.cert_content, obj.cert_key))
-    if cert.cert_id is None and cert.cert_content and cert.cert_key:
-        objs.append((inline_id("svr", cert.cert_content), cert.cert_content, cert.cert_key))
     for ident, chain, key in objs:
         crt_path, key_path = names.cert_files(ident)
         files[crt_path] = _pem(chain)
@@ -80,9 +72,6 @@ def certificate_files(cert: CertificateInput, catalog: Catalog) -> tuple[dict[st
         if ca_obj is not None and ca_obj.cert_content:
             ca = names.ca_file(ca_obj.cert_id)
             files[ca] = _pem(ca_obj.cert_content)
-        elif cert.cert_ca_content:
-            ca = names.ca_file(inline_id("ca", cert.cert_ca_content))
-            files[ca] = _pem(cert.cert_ca_content)
     return files, servers, ca
 
 
@@ -93,7 +82,7 @@ def tls_block(
     pairs = tuple(names.cert_files(i) for i in idents)
     block = TlsBlock(
         certificates=pairs,
-        protocols=" ".join(settings.protocols),
+        protocols=tuple(settings.protocols),
         ciphers=settings.ciphers,
         tls13_suites=":".join(settings.tls13_suites),
         client_ca=ca,

@@ -67,7 +67,7 @@ class DesiredState:
 
 
 def _root(raw: Any, source: str) -> str:
-    ident = raw.get("LoadBalancerId") if isinstance(raw, dict) else None
+    ident = (raw.get("LoadBalancerId") or raw.get("loadBalancerId")) if isinstance(raw, dict) else None
     return ident if isinstance(ident, str) and IDENT.match(ident) else source
 
 
@@ -75,7 +75,8 @@ def _structure(source: str, raw: Any, settings: Settings) -> DocumentResult:
     root = _root(raw, source)
     if not isinstance(raw, dict):
         return DocumentResult(source, root, None, [Issue(root, Code.FORMAT_ERROR, "a document must be a mapping")])
-    model_type = LoadBalancer if "LoadBalancerId" in raw or "Listeners" in raw else SharedObjects
+    is_lb = {"LoadBalancerId", "loadBalancerId", "Listeners", "LoadBalancerVips"} & raw.keys()
+    model_type = LoadBalancer if is_lb else SharedObjects
     model, issues, pruned = validate_structure(model_type, raw, root, settings)
     return DocumentResult(source, root, model, issues, pruned)
 
@@ -244,3 +245,24 @@ def validate_documents(
 def _under_pruned(path: str, pruned: list[str]) -> bool:
     """A cross-object finding on an ancestor of an element left out may only be its side effect."""
     return any(p.startswith(path) and p != path for p in pruned)
+
+
+def check_transition(previous: DesiredState, current: DesiredState) -> list[Issue]:
+    """Rules about changes rather than states: SNI, once on, cannot be switched off (R15)."""
+    issues: list[Issue] = []
+    before = previous.load_balancers()
+    for doc in current.documents:
+        lb, old = doc.load_balancer, before.get(doc.root)
+        if lb is None or old is None:
+            continue
+        old_sni = {lis.id for lis in old.listeners if lis.sni}
+        for lis in lb.listeners:
+            if lis.id in old_sni and not lis.sni:
+                issue = Issue(
+                    f"{doc.root}/{lis.at('SniSwitch')}",
+                    Code.INVALID_PARAMETER,
+                    f"SNI is on for listener {lis.id} and cannot be switched off",
+                )
+                doc.issues.append(issue)
+                issues.append(issue)
+    return issues

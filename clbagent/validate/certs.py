@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -108,15 +109,25 @@ def _check_key(cert: Certificate, leaf: x509.Certificate, root: str) -> list[Iss
         return [Issue(at, Code.FORMAT_ERROR, p) for p in problems]
     if "ENCRYPTED" in cert.cert_key:
         return [Issue(at, Code.FORMAT_ERROR, "encrypted private keys are not accepted; remove the passphrase")]
+    problem = key_problem(cert.cert_key, leaf.public_bytes(serialization.Encoding.PEM).decode())
+    return [Issue(at, Code.FORMAT_ERROR, problem)] if problem else []
+
+
+@functools.lru_cache(maxsize=4096)
+def key_problem(key_pem: str, leaf_pem: str) -> str | None:
+    """Why the key cannot serve the certificate, or None. Cached: the same pair is checked on every
+    validation pass, and parsing an RSA key is the slowest step of validation."""
     try:
-        key = serialization.load_pem_private_key(cert.cert_key.encode(), password=None)
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, TypeError) as exc:
-        return [Issue(at, Code.FORMAT_ERROR, f"private key does not parse: {exc}")]
+        return f"private key does not parse: {exc}"
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    mine = key.public_key().public_bytes(serialization.Encoding.DER, pub)
-    if mine != leaf.public_key().public_bytes(serialization.Encoding.DER, pub):
-        return [Issue(at, Code.FORMAT_ERROR, "private key does not match the certificate")]
-    return []
+    leaf = x509.load_pem_x509_certificate(leaf_pem.encode())
+    if key.public_key().public_bytes(serialization.Encoding.DER, pub) != leaf.public_key().public_bytes(
+        serialization.Encoding.DER, pub
+    ):
+        return "private key does not match the certificate"
+    return None
 
 
 def now_utc() -> datetime:

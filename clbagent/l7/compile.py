@@ -1,0 +1,129 @@
+"""compile_nginx: desired state → nginx file set. Pure: no I/O, same input → same bytes.
+
+Layout of the result (paths relative to the nginx prefix):
+``nginx.conf`` (global settings, includes ``conf.d/*.conf``), ``conf.d/<LoadBalancerId>.conf`` (the
+maps, upstreams and servers of one load balancer, so that a change to one rewrites one file),
+``certs/<CertId>.crt|.key`` and ``certs/<CertId>.ca.crt`` (written once per certificate, shared).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clbagent.errors import Code, Issue
+from clbagent.model import LoadBalancer
+from clbagent.validate import DesiredState
+from clbagent.validate.catalog import Catalog
+
+from . import names
+from .headers import DEFAULT_PROXY_HEADERS
+from .personalized import personalized_for
+from .quote import UnsafeTextError
+from .redirects import auto_redirects, manual_redirects
+from .render import render
+from .servers import LbContext, auto_listener_servers, listener_servers
+from .upstreams import place_in_zone
+
+DEFAULT_PREFIX = "/var/lib/clbagent/nginx"
+HEADERS_MORE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
+# T2975: the types CLB compresses (text/html is compressed by nginx whenever gzip is on).
+GZIP_TYPES = ["application/atom+xml", "application/javascript", "application/json", "application/rss+xml", "application/vnd.ms-fontobject", "application/x-font-ttf", "application/x-web-app-manifest+json", "application/xhtml+xml", "application/xml", "font/opentype", "image/svg+xml", "image/x-icon", "text/css", "text/plain", "text/x-component"]
+# Digest §4.4 record fields. $ssl_handshake_time does not exist in nginx 1.22 and vip_vpcid has no
+# meaning on a plain host; both are left out.
+LOG_FIELDS = (
+    ("time_local", "$time_local"),
+    ("server_addr", "$server_addr"),
+    ("server_port", "$server_port"),
+    ("server_name", "$server_name"),
+    ("http_host", "$host"),
+    ("remote_addr", "$remote_addr"),
+    ("remote_port", "$remote_port"),
+    ("request", "$request"),
+    ("status", "$status"),
+    ("bytes_sent", "$bytes_sent"),
+    ("request_length", "$request_length"),
+    ("request_time", "$request_time"),
+    ("protocol_type", "$clb_protocol_type"),
+    ("upstream_addr", "$upstream_addr"),
+    ("upstream_status", "$upstream_status"),
+    ("upstream_connect_time", "$upstream_connect_time"),
+    ("upstream_header_time", "$upstream_header_time"),
+    ("upstream_response_time", "$upstream_response_time"),
+    ("connection_requests", "$connection_requests"),
+    ("ssl_protocol", "$ssl_protocol"),
+    ("ssl_cipher", "$ssl_cipher"),
+    ("ssl_session_reused", "$ssl_session_reused"),
+    ("tcpinfo_rtt", "$tcpinfo_rtt"),
+    ("http_user_agent", "$http_user_agent"),
+    ("request_id", "$request_id"),
+)
+
+
+@dataclass
+class NginxConfig:
+    """The compiled file set (relative path → text) and what the operator should know about it."""
+
+    files: dict[str, str]
+    warnings: list[Issue] = field(default_factory=list)
+
+
+def main_conf(prefix: str) -> str:
+    return render(
+        "nginx.conf.j2",
+        prefix=prefix.rstrip("/") or "/",
+        headers_more=HEADERS_MORE,
+        proxy_headers=DEFAULT_PROXY_HEADERS,
+        gzip_types=GZIP_TYPES,
+        log_fields=LOG_FIELDS,
+    )
+
+
+def compile_lb(
+    lb: LoadBalancer, catalog: Catalog, down: frozenset[str], secret: bytes
+) -> tuple[str, dict[str, str], list[Issue]]:
+    """The include file of one load balancer, the certificate files it uses, its warnings."""
+    ctx = LbContext(lb, catalog, personalized_for(lb, catalog), down, secret, manual_redirects(lb))
+    auto = auto_redirects(lb)
+    servers = []
+    http80 = next((lis for lis in lb.listeners if lis.protocol == "HTTP" and lis.port == 80), None)
+    for lis in lb.listeners:
+        if lis.is_l4:
+            continue
+        servers.extend(listener_servers(ctx, lis, auto if lis is http80 else []))
+    if auto and http80 is None:
+        servers.extend(auto_listener_servers(ctx, auto))
+    upstreams = [u for p in ctx.pools for u in p.upstreams]
+    place_in_zone(upstreams, names.zone_name(lb.id))
+    text = render(
+        "loadbalancer.conf.j2",
+        lb_id=lb.id,
+        maps=[m for p in ctx.pools for m in p.maps],
+        upstreams=upstreams,
+        servers=servers,
+    )
+    return text, ctx.files, ctx.warnings
+
+
+def compile_nginx(
+    state: DesiredState, down: frozenset[str] = frozenset(), *, prefix: str = DEFAULT_PREFIX, secret: bytes = b""
+) -> NginxConfig:
+    """Compile every valid load balancer with HTTP/HTTPS listeners.
+
+    ``down``: health-hook keys ``<LoadBalancerId>/<ListenerId>/<LocationId>/<ip:port>`` of targets
+    to render ``down`` (all-dead-all-alive applies per rule). ``prefix``: the directory the file set
+    is installed in (only ``nginx.conf`` names it). ``secret``: key of the sticky-cookie server ids.
+    """
+    files = {"nginx.conf": main_conf(prefix)}
+    warnings: list[Issue] = []
+    for lb_id, lb in sorted(state.load_balancers().items()):
+        if all(lis.is_l4 for lis in lb.listeners):
+            continue
+        try:
+            text, lb_files, lb_warnings = compile_lb(lb, state.catalog, down, secret)
+        except UnsafeTextError as exc:
+            warnings.append(Issue(lb_id, Code.FORMAT_ERROR, f"not rendered, unsafe text: {exc}"))
+            continue
+        files[names.lb_file(lb_id)] = text
+        files.update(lb_files)
+        warnings.extend(lb_warnings)
+    return NginxConfig(dict(sorted(files.items())), warnings)
