@@ -496,3 +496,14 @@ def test_legacy_tls_and_3des_are_explicit_warnings() -> None:
     assert any("DES-CBC3-SHA" in w for w in tls.warnings) and any("TLSv1" in w for w in tls.warnings)
     strict = named("tls_cipher_policy_1_2_strict")
     assert strict is not None and strict.warnings == () and "@SECLEVEL" not in strict.ciphers
+
+
+def test_stopped_listener_keeps_its_port_but_is_not_served() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["Listeners"][0]["ListenerStatus"] = "stopped"
+    doc["Listeners"].append({"ListenerId": "lbl-t", "Protocol": "TCP", "Port": 9000})
+    state = validate_documents([("doc", doc)])
+    assert state.ok
+    assert [lis.id for lis in state.load_balancers()["lb-t"].listeners] == ["lbl-t"]
+    doc["Listeners"][1]["Port"] = 8080
+    assert issues_of(doc) == [(Code.PORT_CHECK_FAILED, "lb-t/Listeners[1]/Port")]

@@ -360,6 +360,7 @@ def convert(params: dict[str, str], ctx: Context) -> tuple[dict[str, Any] | None
         "XForwardedFor_SLBID": a.on("XForwardedFor_SLBID"),
         "XForwardedFor_proto": a.on("XForwardedFor_proto"),
         "AclStatus": "on" if a.on("AclStatus") else "off",
+        "ListenerStatus": "stopped",
         "Rules": [_rule(a, ctx, lb_id)],
     }
     for name in ("TLSCipherPolicy", "AclType"):
@@ -378,6 +379,12 @@ def convert(params: dict[str, str], ctx: Context) -> tuple[dict[str, Any] | None
     for other in doc.get("Listeners") or []:
         if isinstance(other, dict) and other.get("Port") == listener_port and other.get("Protocol") != "UDP":
             a.err("ListenerPort", Code.ALI_PORT_CONFLICT, f"port {listener_port} is already used by a listener")
+    a.err(
+        "ListenerStatus",
+        Code.INVALID_PARAMETER,
+        "the listener is created stopped, as Alibaba does; set ListenerStatus: running to start forwarding",
+        "warning",
+    )
     errors = [i for i in a.issues if i.severity == "error"]
     # Repeated checks (integer() is called again while building) may repeat an issue: keep one of each.
     issues = list(dict.fromkeys(a.issues))

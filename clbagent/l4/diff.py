@@ -176,18 +176,16 @@ def diff(
             continue
         svc = have.as_service()
         rst = key in rst_services
+        ops_here: list[Op] = []
         left = 0
         for _dkey, kd in sorted(have.dests.items()):
             op, gone = _drain(svc, kd, now, drains, drain_timeout, rst)
             left += not gone
-            if op is not None and not (gone and op.kind == "del_dest"):
-                removals.append(op)
-            elif op is not None and left:
-                removals.append(op)
+            if op is not None:
+                ops_here.append(op)
         waiting += left
-        if left == 0:
-            removals = [o for o in removals if o.service.key != key]
-            removals.append(Op("del_service", svc, reason="not in plan"))
+        # Deleting the service removes its destinations with it: one operation, not one per dest.
+        removals += ops_here if left else [Op("del_service", svc, reason="not in plan")]
     # Drain entries of destinations that vanished from the kernel are forgotten.
     live = {(k, d.dest.address, d.dest.port) for k, s in kernel.items() for d in s.dests.values()}
     drains = {k: v for k, v in drains.items() if k in live}

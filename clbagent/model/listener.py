@@ -122,6 +122,9 @@ class Listener(Obj):
     x_forwarded_for_slbip: bool = Field(False, alias="XForwardedFor_SLBIP")
     x_forwarded_for_slbid: bool = Field(False, alias="XForwardedFor_SLBID")
     x_forwarded_for_proto: bool = Field(False, alias="XForwardedFor_proto")
+    listener_status: Annotated[Literal["running", "stopped"], BeforeValidator(_lower_enum)] = Field(
+        "running", alias="ListenerStatus", description="a stopped listener keeps its port but serves nothing"
+    )
     targets: list[Target] | None = Field(None, alias="Targets")
     rules: list[Rule] | None = Field(None, alias="Rules")
 

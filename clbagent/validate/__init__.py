@@ -62,8 +62,24 @@ class DesiredState:
         return all(d.ok for d in self.documents)
 
     def load_balancers(self) -> dict[str, LoadBalancer]:
-        """The valid load balancers, by ID (quarantined ones are left out)."""
-        return {d.root: d.load_balancer for d in self.documents if d.ok and d.load_balancer is not None}
+        """The valid load balancers by ID, as they are to be served: quarantined documents and
+        stopped listeners (with the redirects that involve them) are left out."""
+        return {d.root: _serving(d.load_balancer) for d in self.documents if d.ok and d.load_balancer is not None}
+
+
+def _serving(lb: LoadBalancer) -> LoadBalancer:
+    stopped = [lis for lis in lb.listeners if lis.listener_status == "stopped"]
+    if not stopped:
+        return lb
+    gone_rules = {r.id for lis in stopped for r in lis.rules or []}
+    gone_listeners = {lis.id for lis in stopped}
+    return lb.model_copy(
+        update={
+            "listeners": [lis for lis in lb.listeners if lis not in stopped],
+            "rewrites": [rw for rw in lb.rewrites if not {rw.source_location_id, rw.target_location_id} & gone_rules],
+            "auto_rewrites": [ar for ar in lb.auto_rewrites if ar.listener_id not in gone_listeners],
+        }
+    )
 
 
 def _root(raw: Any, source: str) -> str:
