@@ -143,7 +143,10 @@ def mutated(draw: Any) -> list[tuple[str, Any]]:
     for _ in range(draw(st.integers(1, 4))):
         index = draw(st.integers(0, len(docs) - 1))
         raw = docs[index][1]
-        where = draw(st.sampled_from(_locations(raw)[1:]))
+        places = _locations(raw)[1:]
+        if not places:
+            continue
+        where = draw(st.sampled_from(places))
         parent = raw
         for step in where[:-1]:
             parent = parent[step]

@@ -46,7 +46,9 @@ class KernelService:
     dests: dict[tuple[str, int], KernelDest] = field(default_factory=dict)
 
     def as_service(self) -> VirtualService:
-        return VirtualService(self.key, self.scheduler, self.persistence, tuple(sorted(d.dest for d in self.dests.values())))
+        return VirtualService(
+            self.key, self.scheduler, self.persistence, tuple(sorted(d.dest for d in self.dests.values()))
+        )
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,11 @@ class Op:
             "del_dest": "delete destination",
         }[self.kind]
         if self.dest is None:
-            extra = "" if self.kind == "del_service" else f" (scheduler {self.service.scheduler}, persistence {self.service.persistence})"
+            extra = (
+                ""
+                if self.kind == "del_service"
+                else f" (scheduler {self.service.scheduler}, persistence {self.service.persistence})"
+            )
             return f"{what} {self.service.key}{extra}"
         return f"{what} {self.dest.endpoint} (weight {self.dest.weight}, {self.dest.forward}) of {self.service.key}"
 
@@ -83,9 +89,13 @@ class Op:
         if before is None:
             return []
         if self.kind == "set_service" or self.kind == "del_service":
-            back = [Op("add_service" if self.kind == "del_service" else "set_service", before.as_service(), reason="undo")]
+            back = [
+                Op("add_service" if self.kind == "del_service" else "set_service", before.as_service(), reason="undo")
+            ]
             if self.kind == "del_service":
-                back += [Op("add_dest", svc, d.dest, "undo") for d in sorted(before.dests.values(), key=lambda d: d.dest)]
+                back += [
+                    Op("add_dest", svc, d.dest, "undo") for d in sorted(before.dests.values(), key=lambda d: d.dest)
+                ]
             return back
         assert self.dest is not None
         old = before.dests.get(self.dest.key)

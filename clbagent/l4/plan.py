@@ -158,15 +158,29 @@ def _destinations(lb: Any, lis: Any, vip_family: int, issues: list[Issue]) -> li
         path = t.path or f"{lis.path}/Targets[{i}]"
         addr = t.address
         if addr is None:
-            issues.append(Issue(path, Code.MISSING_PARAMETER, "an L4 target needs an address (EniIp or PrivateIpAddresses)", "warning"))
+            issues.append(
+                Issue(
+                    path,
+                    Code.MISSING_PARAMETER,
+                    "an L4 target needs an address (EniIp or PrivateIpAddresses)",
+                    "warning",
+                )
+            )
             continue
         if addr.version != vip_family:
             issues.append(
-                Issue(path, Code.INVALID_PARAMETER, f"target {t.endpoint} is not IPv{vip_family} like the VIP; left out of that service", "warning")
+                Issue(
+                    path,
+                    Code.INVALID_PARAMETER,
+                    f"target {t.endpoint} is not IPv{vip_family} like the VIP; left out of that service",
+                    "warning",
+                )
             )
             continue
         if (str(addr), t.port) in seen:
-            issues.append(Issue(path, Code.DUPLICATE, f"target {t.endpoint} listed twice; the first one is used", "warning"))
+            issues.append(
+                Issue(path, Code.DUPLICATE, f"target {t.endpoint} listed twice; the first one is used", "warning")
+            )
             continue
         seen.add((str(addr), t.port))
         dests.append(Destination(str(addr), t.port, t.weight, lb.forward_method, target_key(lb.id, lis.id, t.endpoint)))
@@ -178,7 +192,9 @@ def _services_of(lb: Any, down: frozenset[str], issues: list[Issue]) -> Iterable
         if not lis.is_l4:
             continue
         if lis.protocol not in ("TCP", "UDP"):
-            issues.append(Issue(lis.at("Protocol"), Code.PROTOCOL_CHECK_FAILED, f"{lis.protocol} is not served by IPVS"))
+            issues.append(
+                Issue(lis.at("Protocol"), Code.PROTOCOL_CHECK_FAILED, f"{lis.protocol} is not served by IPVS")
+            )
             continue
         if lis.end_port:
             issues.append(
@@ -192,7 +208,9 @@ def _services_of(lb: Any, down: frozenset[str], issues: list[Issue]) -> Iterable
             continue
         scheduler = SCHEDULERS.get(lis.effective_scheduler)
         if scheduler is None:
-            issues.append(Issue(lis.at("Scheduler"), Code.INVALID_VALUE, f"{lis.effective_scheduler} is not an L4 scheduler"))
+            issues.append(
+                Issue(lis.at("Scheduler"), Code.INVALID_VALUE, f"{lis.effective_scheduler} is not an L4 scheduler")
+            )
             continue
         proto: Protocol = "tcp" if lis.protocol == "TCP" else "udp"
         for vip in lb.load_balancer_vips:
@@ -222,7 +240,11 @@ def plan_ipvs(state: DesiredState, down: frozenset[str] = frozenset()) -> IpvsPl
             other = services.get(svc.key)
             if other is not None:
                 issues.append(
-                    Issue(lb.path or lb.id, Code.PORT_CHECK_FAILED, f"{svc.key} is already used by {other.owner}; {svc.owner} left out")
+                    Issue(
+                        lb.path or lb.id,
+                        Code.PORT_CHECK_FAILED,
+                        f"{svc.key} is already used by {other.owner}; {svc.owner} left out",
+                    )
                 )
                 continue
             services[svc.key] = svc

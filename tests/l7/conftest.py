@@ -168,6 +168,7 @@ def pki() -> Pki:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     server: _BackendServer
 
     def log_message(self, *args: Any) -> None:  # quiet
