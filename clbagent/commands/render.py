@@ -40,7 +40,8 @@ def run(args: Any) -> int:
     from clbagent.l7 import compile_nginx, write_prefix
 
     state, load_issues = read_state(args)
-    nginx = compile_nginx(state)
+    prefix = {"prefix": str(args.out.resolve())} if args.out is not None else {}
+    nginx = compile_nginx(state, **prefix)
     ipvs = plan_ipvs(state)
     issues = load_issues + state.issues + nginx.warnings + ipvs.warnings
     if args.out is not None:

@@ -27,7 +27,23 @@ from .upstreams import place_in_zone
 DEFAULT_PREFIX = "/var/lib/clbagent/nginx"
 HEADERS_MORE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
 # T2975: the types CLB compresses (text/html is compressed by nginx whenever gzip is on).
-GZIP_TYPES = ["application/atom+xml", "application/javascript", "application/json", "application/rss+xml", "application/vnd.ms-fontobject", "application/x-font-ttf", "application/x-web-app-manifest+json", "application/xhtml+xml", "application/xml", "font/opentype", "image/svg+xml", "image/x-icon", "text/css", "text/plain", "text/x-component"]
+GZIP_TYPES = [
+    "application/atom+xml",
+    "application/javascript",
+    "application/json",
+    "application/rss+xml",
+    "application/vnd.ms-fontobject",
+    "application/x-font-ttf",
+    "application/x-web-app-manifest+json",
+    "application/xhtml+xml",
+    "application/xml",
+    "font/opentype",
+    "image/svg+xml",
+    "image/x-icon",
+    "text/css",
+    "text/plain",
+    "text/x-component",
+]
 # Digest §4.4 record fields. $ssl_handshake_time does not exist in nginx 1.22 and vip_vpcid has no
 # meaning on a plain host; both are left out.
 LOG_FIELDS = (

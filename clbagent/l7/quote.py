@@ -10,17 +10,19 @@ nginx file and are refused, as is text longer than any documented field.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # Characters that are plain in nginx's lexer; a token made only of these is written bare.
 _BARE = re.compile(r"[A-Za-z0-9_./:=?,@%+*$~^!&|()\[\]-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-MAX_TOKEN = 8192
+MAX_TOKEN = 4000  # nginx refuses a parameter longer than its 4096-byte parse buffer
 
 
 class UnsafeTextError(ValueError):
     """User text that cannot be written into an nginx file inertly."""
 
 
+@lru_cache(maxsize=1 << 16)  # pure; the same names and values recur across thousands of servers
 def quote(value: object, *, variables: bool = True) -> str:
     """One nginx token for ``value``: bare when it is plain, else double-quoted and escaped.
 
@@ -30,13 +32,12 @@ def quote(value: object, *, variables: bool = True) -> str:
     text = str(value)
     if _CONTROL.search(text):
         raise UnsafeTextError(f"control character in {text[:40]!r}")
-    if len(text) > MAX_TOKEN:
-        raise UnsafeTextError(f"text of {len(text)} characters is too long for one token")
     if not variables and "$" in text:
         raise UnsafeTextError(f"'$' in literal text {text[:40]!r}")
-    if _BARE.fullmatch(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    token = text if _BARE.fullmatch(text) else '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if len(token.encode()) > MAX_TOKEN:
+        raise UnsafeTextError(f"text of {len(text)} characters is too long for one nginx parameter")
+    return token
 
 
 def literal(value: object) -> str:

@@ -17,6 +17,7 @@ from ipaddress import IPv6Address
 from clbagent.customized import Directive
 from clbagent.errors import Code, Issue
 from clbagent.model import Listener, LoadBalancer, Rule
+from clbagent.model.syntax import Url
 from clbagent.validate.catalog import Catalog
 
 from . import headers, tls
@@ -82,8 +83,7 @@ def _access(ctx: LbContext, lis: Listener) -> list[tuple[str, str]]:
     return [(verb, str(e.entry)) for e in acl.acl_entries] + [(rest, "all")]
 
 
-def _location(ctx: LbContext, lis: Listener, rule: Rule) -> Location:
-    url = rule.parsed_url
+def _location(ctx: LbContext, lis: Listener, rule: Rule, url: Url) -> Location:
     if url.kind == "prefix" and not url.pattern.startswith("/"):
         raise ValueError(f"prefix location {url.pattern!r} must start with '/'")
     loc = Location(url.modifier, url.pattern, comment=rule.id, gzip_off=not rule.http_gzip)
@@ -112,8 +112,8 @@ def _fallback(ctx: LbContext) -> Location:
     )
 
 
-def _has_root(rules: list[Rule]) -> bool:
-    return any(r.parsed_url.kind in ("prefix", "prefix_stop") and r.parsed_url.pattern == "/" for r in rules)
+def _has_root(urls: list[Url]) -> bool:
+    return any(u.kind in ("prefix", "prefix_stop") and u.pattern == "/" for u in urls)
 
 
 def _tls(ctx: LbContext, lis: Listener, rules: list[Rule], policy) -> tls.TlsBlock:
@@ -169,8 +169,9 @@ def listener_servers(ctx: LbContext, lis: Listener, auto: list[AutoRedirect]) ->
         )
         if https:
             server.tls = _tls(ctx, lis, group, policy)
-        server.locations = [_location(ctx, lis, r) for r in group]
-        if not _has_root(group):
+        urls = [r.parsed_url for r in group]
+        server.locations = [_location(ctx, lis, r, u) for r, u in zip(group, urls, strict=True)]
+        if not _has_root(urls):
             server.locations.append(_fallback(ctx))
         out.append(server)
     out.extend(redirect_servers(ctx, lis.port, auto, lis.id))

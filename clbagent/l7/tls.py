@@ -53,7 +53,9 @@ def _pem(text: str) -> str:
 
 
 def certificate_files(cert: CertificateInput, catalog: Catalog) -> tuple[dict[str, str], list[str], str | None]:
-    """Files a certificate slot needs (inline PEM was given a CertId by validation), the ``ssl_certificate`` paths (RSA first) and the CA path."""
+    """Files a certificate slot needs, its server certificate IDs (RSA first) and the CA path.
+
+    Inline PEM in a listener or rule was given a stable CertId by validation."""
     files: dict[str, str] = {}
     servers: list[str] = []
     objs: list[tuple[str, str, str]] = []  # (id, chain, key)

@@ -62,9 +62,11 @@ class Pool:
     set_cookie: str | None = None  # variable holding the Set-Cookie value
 
 
-def dead_endpoints(key: str, rule: Rule, down: frozenset[str]) -> set[str]:
+def dead_endpoints(key: str, weighted: list[tuple[str, int]], down: frozenset[str]) -> set[str]:
     """Endpoints to mark down for health, after all-dead-all-alive."""
-    live = {t.endpoint for t in rule.targets if t.weight > 0}
+    if not down:
+        return set()
+    live = {e for e, w in weighted if w > 0}
     dead = {e for e in live if f"{key}/{e}" in down}
     return set() if dead == live else dead
 
@@ -76,10 +78,11 @@ def build_pool(
     if not rule.targets:
         return None
     key = names.rule_key(lb_id, lis.id, rule.id)
-    dead = dead_endpoints(key, rule, down)
+    weighted = [(t.endpoint, t.weight) for t in rule.targets]
+    dead = dead_endpoints(key, weighted, down)
     base = names.upstream_name(lb_id, lis.id, rule.id)
     conns = KEEPALIVE if keepalive else 0
-    members = [Member(t.endpoint, t.weight, t.weight == 0 or t.endpoint in dead) for t in rule.targets]
+    members = [Member(e, w, w == 0 or e in dead) for e, w in weighted]
     pool = Pool(base, [Upstream(base, METHODS[rule.scheduler], members, conns)])
     if rule.session_expire_time:
         _add_sticky(pool, lb_id, lis, rule, [m for m in members if not m.down], secret, conns)

@@ -6,6 +6,7 @@ addresses on 127.0.30.x+ (ip_hash and ACL tests pick their source address).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import json
@@ -13,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -238,10 +240,8 @@ class Backend:
         self.server.shutdown()
         self.server.server_close()
         for c in self.server.conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @pytest.fixture
@@ -262,10 +262,8 @@ def backends() -> Iterator[Callable[..., Backend]]:
 
     yield make
     for b in started:
-        try:
+        with contextlib.suppress(OSError):
             b.kill()
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------- nginx
@@ -285,11 +283,16 @@ class Served:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
-    """``serve(docs, down=...)``: compile, write the prefix, ``nginx -t``, start (or reload) nginx."""
+def serve() -> Iterator[Callable[..., Served]]:
+    """``serve(docs, down=...)``: compile, write the prefix, ``nginx -t``, start (or reload) nginx.
+
+    The prefix is outside pytest's 0700 tmp tree: nginx workers run as an unprivileged user and
+    must reach the temp directories for request bodies."""
     if not NGINX_AVAILABLE:
         pytest.skip("nginx is not installed")
-    prefix = tmp_path / "nginx"
+    base = Path(tempfile.mkdtemp(prefix="clb-l7-"))
+    base.chmod(0o755)
+    prefix = base / "nginx"
     running: list[Nginx] = []
 
     def start(docs: list[dict], down: frozenset[str] = frozenset()) -> Served:
@@ -308,6 +311,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     yield start
     for n in running:
         n.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- clients

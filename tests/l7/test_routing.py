@@ -114,7 +114,10 @@ def test_default_switch_on_serves_unknown_sni(serve, backends, pki):
     serve(
         [
             load_balancer(
-                "lb-on", VIP, [listener("l443", "HTTPS", 18443, rules, Certificate=cert)], Certificates=pki.certificates()
+                "lb-on",
+                VIP,
+                [listener("l443", "HTTPS", 18443, rules, Certificate=cert)],
+                Certificates=pki.certificates(),
             )
         ]
     )

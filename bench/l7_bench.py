@@ -1,0 +1,178 @@
+"""L7 compiler benchmark: compile time vs ``nginx -t`` time for 100 / 1,000 / 5,000 HTTPS domains
+spread over many load balancers, and the one-change-one-file check over 1,000 load balancers.
+
+Run:  .venv/bin/python bench/l7_bench.py [--sizes 100,1000,5000] [--per-lb 10]
+Target: compile time ≤ 10% of ``nginx -t`` on the same output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from clbagent.l7 import compile_nginx, write_prefix  # noqa: E402
+from clbagent.nginx.process import check_config  # noqa: E402
+from clbagent.validate import validate_documents  # noqa: E402
+
+CERTS = 4
+
+
+def certificates() -> list[dict]:
+    """A few self-signed wildcard certificates shared by all domains (one SSL context per server
+    is nginx's cost either way; key generation is not what is measured)."""
+    out = []
+    now = datetime.datetime.now(datetime.UTC)
+    for i in range(CERTS):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"*.bench{i}.test")])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .sign(key, hashes.SHA256())
+        )
+        out.append(
+            {
+                "CertId": f"bench-{i}",
+                "CertContent": cert.public_bytes(serialization.Encoding.PEM).decode(),
+                "CertKey": key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.TraditionalOpenSSL,
+                    serialization.NoEncryption(),
+                ).decode(),
+            }
+        )
+    return out
+
+
+def vip(i: int) -> str:
+    return f"127.{100 + i // 62500}.{(i // 250) % 250}.{i % 250 + 1}"
+
+
+def https_fleet(domains: int, per_lb: int) -> list[tuple[str, dict]]:
+    docs = []
+    for lb in range((domains + per_lb - 1) // per_lb):
+        rules = []
+        for d in range(min(per_lb, domains - lb * per_lb)):
+            n = lb * per_lb + d
+            cert = {"SSLMode": "UNIDIRECTIONAL", "CertId": f"bench-{n % CERTS}"}
+            targets = [
+                {"EniIp": f"10.{n // 250 % 250}.{n % 250}.{t + 1}", "Port": 8080, "Weight": 10} for t in range(2)
+            ]
+            rules.append(
+                {
+                    "LocationId": f"loc-{n}",
+                    "Domain": f"d{n}.bench{n % CERTS}.test",
+                    "Url": "/",
+                    "DefaultServer": d == 0,
+                    "Certificate": cert,
+                    "Http2": True,
+                    "Targets": targets,
+                }
+            )
+        listener = {"ListenerId": "https", "Protocol": "HTTPS", "Port": 443, "SniSwitch": 1, "Rules": rules}
+        docs.append(
+            (f"lb{lb}", {"LoadBalancerId": f"lb-{lb:05d}", "LoadBalancerVips": [vip(lb)], "Listeners": [listener]})
+        )
+    return docs
+
+
+def http_fleet(lbs: int) -> list[tuple[str, dict]]:
+    docs = []
+    for lb in range(lbs):
+        targets = [{"EniIp": f"10.1.{lb % 250}.{t + 1}", "Port": 8080, "Weight": 10} for t in range(3)]
+        rules = [
+            {
+                "LocationId": "root",
+                "Domain": f"www{lb}.example.com",
+                "Url": "/",
+                "DefaultServer": True,
+                "Targets": targets,
+            }
+        ]
+        listener = {"ListenerId": "http", "Protocol": "HTTP", "Port": 80, "Rules": rules}
+        docs.append(
+            (f"lb{lb}", {"LoadBalancerId": f"lb-{lb:05d}", "LoadBalancerVips": [vip(lb)], "Listeners": [listener]})
+        )
+    return docs
+
+
+def measure(domains: int, per_lb: int, shared: dict, work: Path) -> dict:
+    docs = [("certs", shared), *https_fleet(domains, per_lb)]
+    state = validate_documents(docs)
+    assert state.ok, state.issues[:3]
+    prefix = work / f"https-{domains}"
+    start = time.perf_counter()
+    cfg = compile_nginx(state, prefix=str(prefix))
+    compile_s = time.perf_counter() - start
+    size = sum(len(t.encode()) for t in cfg.files.values())
+    write_prefix(cfg, prefix)
+    test = check_config(prefix)
+    if not test.ok:
+        raise SystemExit(f"nginx -t failed for {domains} domains:\n{test.output[-2000:]}")
+    return {"domains": domains, "lbs": len(docs) - 1, "compile": compile_s, "size": size, "nginx_t": test.seconds}
+
+
+def one_change(lbs: int, work: Path) -> tuple[list[str], float, float]:
+    docs = http_fleet(lbs)
+    prefix = work / "one-change"
+    write_prefix(compile_nginx(validate_documents(docs), prefix=str(prefix)), prefix)
+    docs[lbs // 2][1]["Listeners"][0]["Rules"][0]["Targets"][1]["Weight"] = 77
+    state = validate_documents(docs)
+    start = time.perf_counter()
+    cfg = compile_nginx(state, prefix=str(prefix))
+    compiled = time.perf_counter() - start
+    start = time.perf_counter()
+    changed = write_prefix(cfg, prefix)
+    return changed, compiled, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="100,1000,5000")
+    parser.add_argument("--per-lb", type=int, default=10, help="HTTPS domains per load balancer")
+    parser.add_argument("--lbs", type=int, default=1000, help="load balancers for the one-change check")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="clb-bench-"))
+    try:
+        shared = {"Certificates": certificates()}
+        compile_nginx(validate_documents(http_fleet(1)))  # templates loaded once, as in a running agent
+        print(
+            f"{'domains':>8} {'LBs':>5} {'compile s':>10} {'output MB':>10} {'nginx -t s':>11} {'compile/nginx-t':>16}"
+        )
+        for size in (int(s) for s in args.sizes.split(",")):
+            r = measure(size, args.per_lb, shared, work)
+            ratio = r["compile"] / r["nginx_t"]
+            print(
+                f"{r['domains']:>8} {r['lbs']:>5} {r['compile']:>10.3f} {r['size'] / 1e6:>10.2f} "
+                f"{r['nginx_t']:>11.3f} {ratio:>15.1%}"
+            )
+        changed, compiled, written = one_change(args.lbs, work)
+        print(
+            f"one target changed in one of {args.lbs} load balancers: files rewritten {changed} "
+            f"(full compile {compiled:.3f} s, write {written * 1000:.1f} ms)"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
