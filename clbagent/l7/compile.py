@@ -113,7 +113,7 @@ def compile_lb(
     text = render(
         "loadbalancer.conf.j2",
         lb_id=lb.id,
-        maps=[m for p in ctx.pools for m in p.maps],
+        maps=[m for p in ctx.pools for m in p.maps] + ctx.geos,
         upstreams=upstreams,
         servers=servers,
     )

@@ -20,10 +20,10 @@ from clbagent.model import Listener, LoadBalancer, Rule
 from clbagent.model.syntax import Url
 from clbagent.validate.catalog import Catalog
 
-from . import headers, tls
+from . import headers, names, tls
 from .personalized import Personalized, without
 from .redirects import AutoRedirect, auto_location
-from .upstreams import Pool, build_pool
+from .upstreams import MapBlock, Pool, build_pool
 from .views import Listen, Location, ServerBlock
 
 NO_TARGETS = "503"
@@ -40,6 +40,7 @@ class LbContext:
     secret: bytes
     manual: dict[str, tuple[str, str]]
     pools: list[Pool] = field(default_factory=list)
+    geos: list[MapBlock] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[Issue] = field(default_factory=list)
 
@@ -74,13 +75,19 @@ def _server_directives(ctx: LbContext, lis: Listener) -> list[Directive]:
     return without(ctx.personalized.server, {d.name for d in own}) + own
 
 
-def _access(ctx: LbContext, lis: Listener) -> list[tuple[str, str]]:
-    """ACL white list → allow each entry, deny the rest; black list → deny each, allow the rest."""
+def _access(ctx: LbContext, lis: Listener) -> str | None:
+    """The variable that is "1" for clients the listener's ACL refuses (white list: everyone not
+    listed; black list: everyone listed), or None without an ACL. A ``geo`` variable tested at the
+    top of the server, in the rewrite phase, refuses them before any ``return`` (redirects, 404)
+    runs; ``allow``/``deny`` would only act after those."""
     if lis.acl_status != "on" or not lis.acl_id:
-        return []
+        return None
     acl = ctx.catalog.acls[lis.acl_id]
-    verb, rest = ("allow", "deny") if lis.acl_type == "white" else ("deny", "allow")
-    return [(verb, str(e.entry)) for e in acl.acl_entries] + [(rest, "all")]
+    listed, rest = ("0", "1") if lis.acl_type == "white" else ("1", "0")
+    var = f"$clb_acl_{names.token(lis.id)}_{names.digest(ctx.lb.id, lis.id)}"
+    entries = tuple((str(e.entry), listed) for e in acl.acl_entries)
+    ctx.geos.append(MapBlock("$remote_addr", var, rest, entries, kind="geo"))
+    return var
 
 
 def _location(ctx: LbContext, lis: Listener, rule: Rule, url: Url) -> Location:
@@ -157,14 +164,14 @@ def listener_servers(ctx: LbContext, lis: Listener, auto: list[AutoRedirect]) ->
                 returns=("444",),
             )
         )
-    access = _access(ctx, lis)
+    deny_var = _access(ctx, lis)
     directives = _server_directives(ctx, lis)
     for domain, group in groups.items():
         server = ServerBlock(
             f"listener {lis.id} domain {domain}",
             _listens(lb, lis.port, domain == default_domain and not refuse, https, http2),
             [domain],
-            access=access,
+            deny_var=deny_var,
             directives=directives,
         )
         if https:

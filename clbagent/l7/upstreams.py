@@ -44,12 +44,14 @@ class Upstream:
 
 @dataclass(frozen=True)
 class MapBlock:
-    """``map source var { default ...; key value; }``; a key starting with ``~`` is a regex."""
+    """``map source var { default ...; key value; }``; a key starting with ``~`` is a regex.
+    With ``kind="geo"`` the keys are CIDR blocks matched against the source address."""
 
     source: str
     var: str
     default: str
     entries: tuple[tuple[str, str], ...]
+    kind: str = "map"
 
 
 @dataclass

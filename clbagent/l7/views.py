@@ -37,7 +37,7 @@ class ServerBlock:
     names: list[str] = field(default_factory=list)
     tls: TlsBlock | None = None
     reject_handshake: bool = False
-    access: list[tuple[str, str]] = field(default_factory=list)  # ("allow" | "deny", cidr | "all")
+    deny_var: str | None = None  # "$clb_acl_..." = "1" for clients the ACL refuses
     directives: list[Directive] = field(default_factory=list)
     locations: list[Location] = field(default_factory=list)
     returns: tuple[str, ...] = ()  # server-level return (refusing default server)

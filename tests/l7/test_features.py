@@ -178,15 +178,11 @@ def test_acl_white_and_black_lists(serve, backends):
     acls = [
         {"AclId": "acl-1", "AclEntries": [{"Entry": "127.0.30.0/24"}]},
     ]
-    white = listener(
-        "w",
-        "HTTP",
-        PORT,
-        [rule("w", HOST, "/", [b.target()], DefaultServer=True)],
-        AclStatus="on",
-        AclId="acl-1",
-        AclType="white",
-    )
+    white_rules = [
+        rule("w", HOST, "/app", [b.target()], DefaultServer=True),
+        rule("w-old", HOST, "/old", []),
+    ]
+    white = listener("w", "HTTP", PORT, white_rules, AclStatus="on", AclId="acl-1", AclType="white")
     black = listener(
         "b",
         "HTTP",
@@ -196,11 +192,25 @@ def test_acl_white_and_black_lists(serve, backends):
         AclId="acl-1",
         AclType="black",
     )
-    serve([load_balancer("lb-acl", VIP, [white, black], Acls=acls)])
-    assert http_get(VIP, PORT, HOST, source="127.0.30.5").status == 200
-    assert http_get(VIP, PORT, HOST, source="127.0.31.5").status == 403
+    rewrites = [
+        {
+            "SourceLocationId": "w-old",
+            "TargetLocationId": "w",
+            "RewriteCode": 302,
+            "TakeUrl": False,
+            "SourceDomain": HOST,
+        }
+    ]
+    serve([load_balancer("lb-acl", VIP, [white, black], Acls=acls, Rewrites=rewrites)])
+    assert http_get(VIP, PORT, HOST, "/app", source="127.0.30.5").status == 200
+    assert http_get(VIP, PORT, HOST, "/app", source="127.0.31.5").status == 403
     assert http_get(VIP, PORT + 1, HOST, source="127.0.30.5").status == 403
     assert http_get(VIP, PORT + 1, HOST, source="127.0.31.5").status == 200
+    # The ACL is checked before nginx answers by itself: redirects and the 404 of unmatched URLs.
+    assert http_get(VIP, PORT, HOST, "/old", source="127.0.30.5").status == 302
+    assert http_get(VIP, PORT, HOST, "/old", source="127.0.31.5").status == 403
+    assert http_get(VIP, PORT, HOST, "/nothing", source="127.0.30.5").status == 404
+    assert http_get(VIP, PORT, HOST, "/nothing", source="127.0.31.5").status == 403
 
 
 def test_request_timeout_504_and_idle_timeout(serve, backends):
