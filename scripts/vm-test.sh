@@ -10,6 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--bench" ]; then
   shift
-  exec bash scripts/vm-run.sh ".venv/bin/python bench/l4_bench.py $(printf '%q ' "$@")"
+  exec bash scripts/vm-run.sh ".venv/bin/python bench/l4_bench.py ${*:+$(printf '%q ' "$@")}"
 fi
-exec bash scripts/vm-run.sh ".venv/bin/python -m pytest -q -p no:cacheprovider -o addopts= tests/kernel $(printf '%q ' "$@")"
+exec bash scripts/vm-run.sh ".venv/bin/python -m pytest -q -p no:cacheprovider -rfE --tb=short tests/kernel ${*:+$(printf '%q ' "$@")}"

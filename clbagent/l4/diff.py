@@ -15,21 +15,32 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from clbagent.l4.plan import Destination, IpvsPlan, ServiceKey, VirtualService
+from clbagent.l4.plan import Destination, Forward, IpvsPlan, ServiceKey, VirtualService
 
 OpKind = Literal["add_service", "set_service", "del_service", "add_dest", "set_dest", "del_dest"]
 DrainKey = tuple[ServiceKey, str, int]
 
 
-@dataclass(frozen=True)
-class KernelDest:
-    """A destination as the kernel holds it, with its connection counters."""
+class KernelDest(NamedTuple):
+    """A destination as the kernel holds it, with its connection counters. A tuple, not a
+    dataclass: a dump builds thousands of these and a no-op pass must stay cheap."""
 
-    dest: Destination
+    address: str
+    port: int
+    weight: int
+    forward: Forward
     active: int = 0
     inactive: int = 0
+
+    @classmethod
+    def of(cls, d: Destination, active: int = 0, inactive: int = 0) -> KernelDest:
+        return cls(d.address, d.port, d.weight, d.forward, active, inactive)
+
+    @property
+    def dest(self) -> Destination:
+        return Destination(self.address, self.port, self.weight, self.forward)
 
     @property
     def connections(self) -> int:
@@ -93,9 +104,7 @@ class Op:
                 Op("add_service" if self.kind == "del_service" else "set_service", before.as_service(), reason="undo")
             ]
             if self.kind == "del_service":
-                back += [
-                    Op("add_dest", svc, d.dest, "undo") for d in sorted(before.dests.values(), key=lambda d: d.dest)
-                ]
+                back += [Op("add_dest", svc, d.dest, "undo") for d in sorted(before.dests.values())]
             return back
         assert self.dest is not None
         old = before.dests.get(self.dest.key)
@@ -126,13 +135,13 @@ def _drain(
     rst: bool,
 ) -> tuple[Op | None, bool]:
     """Returns (op, gone): the op for a destination leaving the plan, and whether it is deleted."""
-    key = (svc.key, kd.dest.address, kd.dest.port)
+    key = (svc.key, kd.address, kd.port)
     since = draining.setdefault(key, now)
     if rst or kd.connections == 0 or now - since >= drain_timeout:
         draining.pop(key, None)
         why = "deregistered with reset" if rst else ("drained" if kd.connections == 0 else "drain timeout")
         return Op("del_dest", svc, kd.dest, why), True
-    if kd.dest.weight != 0:
+    if kd.weight != 0:
         return Op("set_dest", svc, replace(kd.dest, weight=0), "drain"), False
     return None, False
 
@@ -167,14 +176,17 @@ def diff(
             continue
         if _service_changed(want, have):
             adds.append(Op("set_service", want, reason="changed"))
-        wanted_dests = {d.key: d for d in want.destinations}
+        wanted_dests = {(d.address, d.port): d for d in want.destinations}
         for dkey, d in wanted_dests.items():
-            drains.pop((key, d.address, d.port), None)
+            if drains:
+                drains.pop((key, d.address, d.port), None)
             kd = have.dests.get(dkey)
             if kd is None:
                 changes.append(Op("add_dest", want, d, "missing"))
-            elif kd.dest.weight != d.weight or kd.dest.forward != d.forward:
+            elif kd.weight != d.weight or kd.forward != d.forward:
                 changes.append(Op("set_dest", want, d, "changed"))
+        if len(have.dests) == len(wanted_dests) and all(k in wanted_dests for k in have.dests):
+            continue
         for dkey, kd in sorted(have.dests.items()):
             if dkey not in wanted_dests:
                 op, gone = _drain(want, kd, now, drains, drain_timeout, want.deregister_rst)
@@ -197,6 +209,7 @@ def diff(
         # Deleting the service removes its destinations with it: one operation, not one per dest.
         removals += ops_here if left else [Op("del_service", svc, reason="not in plan")]
     # Drain entries of destinations that vanished from the kernel are forgotten.
-    live = {(k, d.dest.address, d.dest.port) for k, s in kernel.items() for d in s.dests.values()}
-    drains = {k: v for k, v in drains.items() if k in live}
+    if drains:
+        live = {(k, d.address, d.port) for k, s in kernel.items() for d in s.dests.values()}
+        drains = {k: v for k, v in drains.items() if k in live}
     return Diff(adds + changes + removals, drains, waiting)

@@ -79,7 +79,8 @@ def vips_on(ifname: str = DUMMY) -> frozenset[str]:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             return frozenset()
-        return frozenset(str(ip_address(a.get("IFA_ADDRESS"))) for a in ipr.get_addr(index=found[0]))
+        # Global scope only: the kernel's own link-local IPv6 address is not a VIP.
+        return frozenset(str(ip_address(a.get("IFA_ADDRESS"))) for a in ipr.get_addr(index=found[0]) if a["scope"] == 0)
 
 
 def sync_vips(vips: Iterable[str], ifname: str = DUMMY, remove: bool = True) -> tuple[list[str], list[str]]:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from clbagent.l4 import codec
-from clbagent.l4.diff import KernelDest, KernelService, Op
+from clbagent.l4.diff import KernelService, Op
 from clbagent.l4.plan import ServiceKey
 
 NETLINK_GENERIC = 16
@@ -103,6 +103,9 @@ class IpvsKernel:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.seq = 0
         self.messages = 0
+        self._buf = bytearray(1 << 20)
+        self._view = memoryview(self._buf)
+        self._decode_dest = codec.DestDecoder()
 
     def close(self) -> None:
         self.sock.close()
@@ -118,7 +121,9 @@ class IpvsKernel:
         return self.seq
 
     def _recv(self) -> bytes:
-        return self.sock.recv(1 << 20)
+        # recv_into a buffer kept across calls: recv(1 MiB) allocates and trims 1 MiB per call.
+        n = self.sock.recv_into(self._buf)
+        return bytes(self._view[:n])
 
     def _request(self, cmd: int, attrs: bytes, what: str, dump: bool = False) -> list[memoryview]:
         """One request; returns the payloads of the replies (a dump ends at DONE, a get at the ACK)."""
@@ -150,18 +155,17 @@ class IpvsKernel:
             if key is None or (only is not None and key.address not in only):
                 continue
             table[key] = KernelService(key, sched, persistence, {})
+        flags = codec.NLM_F_REQUEST | codec.NLM_F_DUMP
         for key, svc in table.items():
-            try:
-                replies = self._request(
-                    codec.CMD_GET_DEST, codec.nla(codec.A_SERVICE, codec.service_key_attrs(key)), f"dump {key}", True
-                )
-            except IpvsError as e:  # deleted by someone between the two dumps
-                if e.errno in (errno.ESRCH, errno.ENOENT):
-                    continue
-                raise
-            for payload in replies:
-                dest, active, inactive = codec.decode_dest(payload, key.family)
-                svc.dests[dest.key] = KernelDest(dest, active, inactive)
+            seq = self._next_seq()
+            attrs = codec.nla(codec.A_SERVICE, codec.service_key_attrs(key))
+            self.sock.send(codec.message(self.family, codec.CMD_GET_DEST, seq, attrs, flags))
+            status = None
+            while status is None:  # decoded straight from the receive buffer: no copies
+                n = self.sock.recv_into(self._buf)
+                status = self._decode_dest.feed(self._view[:n], seq, key.family, svc.dests)
+            if status and status not in (errno.ESRCH, errno.ENOENT):  # ENOENT: deleted between the dumps
+                raise IpvsError(status, f"dump {key}")
         return table
 
     # -- writing ---------------------------------------------------------------------------------

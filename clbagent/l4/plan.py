@@ -123,10 +123,8 @@ class IpvsPlan:
         lines: list[str] = []
         for svc in self.services:
             line = f"-A {svc.ipvsadm_key} -s {svc.scheduler}"
-            if svc.persistence:
+            if svc.persistence:  # IPv6: ipvsadm's default netmask is /128, as ours; -Sn omits it
                 line += f" -p {svc.persistence}"
-                if svc.key.family == 6:
-                    line += " -M 128"
             lines.append(line)
             for d in svc.destinations:
                 lines.append(f"-a {svc.ipvsadm_key} -r {d.endpoint} {IPVSADM_FORWARD[d.forward]} -w {d.weight}")

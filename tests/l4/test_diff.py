@@ -28,7 +28,10 @@ def kernel_of(*services: VirtualService, conns: dict[str, int] | None = None) ->
     conns = conns or {}
     return {
         s.key: KernelService(
-            s.key, s.scheduler, s.persistence, {d.key: KernelDest(d, conns.get(d.address, 0)) for d in s.destinations}
+            s.key,
+            s.scheduler,
+            s.persistence,
+            {d.key: KernelDest.of(d, conns.get(d.address, 0)) for d in s.destinations},
         )
         for s in services
     }
@@ -135,4 +138,11 @@ def test_codec_round_trips_through_the_kernel_reply_layout() -> None:
     d = Destination("fd00::5", 5353, 42, "TUN")
     msg = codec.message(30, codec.CMD_NEW_DEST, 8, codec.dest_attrs(6, d, full=True))
     ((_k, _f, _s, payload),) = list(codec.messages(msg))
-    assert codec.decode_dest(payload, 6) == (d, 0, 0)
+    assert codec.decode_dest(payload, 6) == KernelDest.of(d)
+    # as the kernel replies: counters and statistics follow the configuration attributes
+    body = codec.dest_attrs(6, d, full=True)[4:] + codec.u32(codec.D_ACTIVE, 2) + codec.u32(codec.D_INACTIVE, 3)
+    reply = codec.message(30, codec.CMD_GET_DEST, 9, codec.nla(codec.A_DEST, body + codec.nla(10, b"\0" * 80)), 2)
+    ((_k, _f, _s, payload),) = list(codec.messages(reply))
+    fast = codec.DestDecoder()
+    assert fast(payload, 6) == fast(payload, 6) == KernelDest.of(d, 2, 3) == codec.decode_dest(payload, 6)
+    assert fast.layout is not None

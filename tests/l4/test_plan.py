@@ -47,7 +47,7 @@ def test_forward_method_dr_and_tun_and_ipv6() -> None:
     v6 = plan_of(
         lb_doc([tcp(443, [("fd00::5", 443, 7)], SessionExpireTime=60)], vips=("fd99::1",), AddressIPVersion="IPv6")
     )
-    assert v6.to_ipvsadm() == "-A -t [fd99::1]:443 -s wrr -p 60 -M 128\n-a -t [fd99::1]:443 -r [fd00::5]:443 -m -w 7\n"
+    assert v6.to_ipvsadm() == "-A -t [fd99::1]:443 -s wrr -p 60\n-a -t [fd99::1]:443 -r [fd00::5]:443 -m -w 7\n"
 
 
 def test_one_service_per_vip() -> None:
