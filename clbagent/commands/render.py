@@ -56,6 +56,8 @@ def run(args: Any) -> int:
             for path, text in sorted(nginx.files.items()):
                 if not path.startswith("certs/"):
                     sys.stdout.write(f"# ==> {path} <==\n{text}\n")
+        if args.format == "text":
+            sys.stdout.write("# ==> IPVS table (ipvsadm -R rules) <==\n")
         if args.format in ("text", "ipvsadm"):
             sys.stdout.write(ipvs.to_ipvsadm())
     bad = any(i.severity == "error" for i in issues)
