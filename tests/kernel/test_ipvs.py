@@ -203,3 +203,31 @@ def test_host_setup_vips_timeouts_and_sync_daemon(kernel: IpvsKernel) -> None:
     assert kernel.sync_daemons() == []
     for name in ("conntrack", "expire_nodest_conn", "expire_quiescent_template"):
         assert sh(f"sysctl -n net.ipv4.vs.{name}").strip() == "1"
+
+
+def test_applier_brings_a_vip_up_with_its_services_and_down_after_them(kernel: IpvsKernel) -> None:
+    """The agent's L4 step as a whole: host setup, VIP before services, services drained, VIP last."""
+    from clbagent.l4 import host
+    from clbagent.l4.apply import L4Applier
+
+    vip = "10.99.0.5"
+    applier = L4Applier(drain_timeout=0)
+    try:
+        plan = plan_of(lb_doc([listener(80, (1, 1, 0))], lb_id="lb-applier", vips=(vip,)))
+        report = applier.apply(plan)
+        assert report.ok, report.errors()
+        assert vip in vips_on()
+        assert ipvsadm_rules((vip,)) == set(plan.to_ipvsadm().splitlines())
+        assert set(spread(tcp_once, vip, 80, 6)) == {"b1", "b2"}
+        assert applier.apply(plan).ops == []
+        gone = plan_of(lb_doc([], lb_id="lb-applier", vips=(VIP4,)))
+        for _ in range(3):  # drain (weight 0) then delete; the drain timeout is 0
+            report = applier.apply(gone)
+            assert report.ok, report.errors()
+            if report.draining == 0:
+                break
+        assert ipvsadm_rules((vip,)) == set()
+        assert vip not in vips_on()
+    finally:
+        applier.close()
+        host.sync_vips([VIP4, VIP6])
