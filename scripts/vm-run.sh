@@ -49,5 +49,12 @@ echo "vm: booting $kernel ($accel, ${CLB_VM_CPUS:-2} cpus, ${CLB_VM_MEMORY:-2G})
 export PATH="$root/.venv/bin:$PATH"
 command -v vng >/dev/null || { echo "vm: vng not found; run scripts/setup.sh (installs the [vm] extra)" >&2; exit 1; }
 inner="cd '$root' && export CLB_IN_VM=1 PYTHONDONTWRITEBYTECODE=1 PATH='$root/.venv/bin':\$PATH && modprobe ip_vs && $1"
-exec timeout "${CLB_VM_TIMEOUT:-900}" vng --run "$kernel" --user root "${kvm_flag[@]}" \
-  --cpus "${CLB_VM_CPUS:-2}" --memory "${CLB_VM_MEMORY:-2G}" -- "$inner"
+# Both streams go through pipes: virtme reopens its standard output and error, which truncates a
+# file they were redirected to (and pads it with NUL bytes), so never hand it the caller's files.
+set +e
+timeout "${CLB_VM_TIMEOUT:-900}" vng --run "$kernel" --user root "${kvm_flag[@]}" \
+  --cpus "${CLB_VM_CPUS:-2}" --memory "${CLB_VM_MEMORY:-2G}" -- "$inner" \
+  2> >(tr -d '\000' >&2) | tr -d '\000'
+rc=${PIPESTATUS[0]}
+wait
+exit "$rc"
