@@ -7,6 +7,7 @@ pasted into a configuration file (T1909-T1972, R111-R119).
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Callable
@@ -48,7 +49,9 @@ class ConfigError(ValueError):
 
 def _number(value: str, unit: str, low: int, high: int, name: str) -> int:
     """Parse ``60s``/``4k``/``60M`` (the unit may be omitted for seconds) and check the range."""
-    m = re.fullmatch(rf"(\d{{1,9}})({unit})?", value, re.I if unit in "kKmM" else 0)
+    m = re.fullmatch(
+        rf"(\d{{1,9}})({unit})?", value, re.I if unit in ("k", "M") else 0
+    )  # nginx: 4k/4K, 60m/60M; seconds only as "s"
     if not m or (m.group(2) is None and unit != "s"):
         shown = f"{low}-{high}{unit}"
         raise ConfigError(Code.FORMAT_ERROR, f"{name} takes a value like {high}{unit}, in {shown}, not {value!r}")
@@ -208,10 +211,18 @@ def lex(text: str) -> list[Directive]:
 
 def parse_customized(text: str) -> tuple[list[Directive], list[tuple[Code, str]]]:
     """Directives of a personalized config and every problem found in it (all at once)."""
+    directives, problems = _parse(text)
+    return list(directives), list(problems)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(text: str) -> tuple[tuple[Directive, ...], tuple[tuple[Code, str], ...]]:
+    """Cached: validation of the config, of each instance bound to it, and the compiler all read
+    the same text in one pass."""
     try:
         directives = lex(text)
     except ConfigError as exc:
-        return [], [(exc.code, str(exc))]
+        return (), ((exc.code, str(exc)),)
     problems: list[tuple[Code, str]] = []
     seen: set[str] = set()
     for d in directives:
@@ -235,4 +246,4 @@ def parse_customized(text: str) -> tuple[list[Directive], list[tuple[Code, str]]
         )
     if "proxy_buffer_size" in values and "proxy_buffers" not in values:
         problems.append((Code.MISSING_PARAMETER, "proxy_buffer_size needs proxy_buffers as well"))
-    return directives, problems
+    return tuple(directives), tuple(problems)

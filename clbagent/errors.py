@@ -73,15 +73,3 @@ class Issue:
     def __str__(self) -> str:
         tag = "" if self.severity == "error" else "warning: "
         return f"{tag}{self.code}: {self.path}: {self.message}"
-
-
-def errors_of(issues: list[Issue]) -> list[Issue]:
-    return [i for i in issues if i.severity == "error"]
-
-
-class InvalidStateError(Exception):
-    """Raised by code that refuses to act on a document that did not validate."""
-
-    def __init__(self, issues: list[Issue]):
-        self.issues = issues
-        super().__init__("\n".join(str(i) for i in issues))

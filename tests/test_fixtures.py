@@ -128,3 +128,15 @@ def test_readme_commands_are_the_scripts() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/demo.sh" in readme and "bash scripts/test.sh" in readme
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_alibaba_issues_are_reported_once_each() -> None:
+    from clbagent.importers.alibaba import Context, convert, parse_request
+
+    params = parse_request((FIXTURES / "alibaba" / "sample-request.txt").read_text())
+    params.update(StickySession="maybe", HealthCheck="yes", IdleTimeout="99", HealthCheckTimeout="500")
+    doc, issues = convert(params, Context(vips=["127.0.30.1"], backends=[("127.0.31.1", None, 10)]))
+    assert doc is None
+    paths = [i.path for i in issues if i.severity == "error"]
+    assert sorted(paths) == sorted(set(paths))
+    assert {"alibaba/StickySession", "alibaba/HealthCheck", "alibaba/IdleTimeout"} <= set(paths)

@@ -507,3 +507,21 @@ def test_stopped_listener_keeps_its_port_but_is_not_served() -> None:
     assert [lis.id for lis in state.load_balancers()["lb-t"].listeners] == ["lbl-t"]
     doc["Listeners"][1]["Port"] = 8080
     assert issues_of(doc) == [(Code.PORT_CHECK_FAILED, "lb-t/Listeners[1]/Port")]
+
+
+def test_a_load_balancer_using_an_invalid_certificate_is_refused() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["Listeners"] = [
+        {
+            "Protocol": "HTTPS",
+            "Port": 8443,
+            "Certificate": {"SSLMode": "UNIDIRECTIONAL", "CertId": "broken"},
+            "Rules": [{"Domain": "a.example.com", "DefaultServer": True}],
+        }
+    ]
+    shared = {"Certificates": [{"CertId": "broken", "CertContent": "not pem", "CertKey": KEY}]}
+    state = validate_documents([("doc", doc), ("shared", shared)])
+    assert [(i.code, i.path) for i in state.documents[0].issues] == [
+        (Code.INVALID_PARAMETER, "lb-t/Listeners[0]/Certificate/CertId")
+    ]
+    assert state.load_balancers() == {}

@@ -61,14 +61,19 @@ class Context:
 
 
 class _Params:
-    """Typed access to the parameters, recording an issue for every bad value."""
+    """Typed access to the parameters, recording an issue for every bad value (once, however
+    often the parameter is read: the checks and the conversion both read some of them)."""
 
     def __init__(self, params: dict[str, str]):
         self.p = params
-        self.issues: list[Issue] = []
+        self._issues: dict[Issue, None] = {}
+
+    @property
+    def issues(self) -> list[Issue]:
+        return list(self._issues)
 
     def err(self, name: str, code: Code | str, message: str, severity: str = "error") -> None:
-        self.issues.append(Issue(f"{ROOT}/{name}", str(code), message, severity))  # type: ignore[arg-type]
+        self._issues[Issue(f"{ROOT}/{name}", str(code), message, severity)] = None  # type: ignore[arg-type]
 
     def text(self, name: str) -> str | None:
         value = self.p.get(name)
@@ -105,7 +110,7 @@ class _Params:
             self.err(name, Code.MISSING_PARAMETER, f"{name} is required {why}")
 
 
-def _check_request(a: _Params, ctx: Context) -> None:
+def _check_request(a: _Params, ctx: Context, cert_ids: list[str]) -> None:
     """Alibaba's parameter rules (R141-R158) that are not about the converted document."""
     for name in ("LoadBalancerId", "ListenerPort", "StickySession", "HealthCheck", "Bandwidth"):
         a.required(name, "by CreateLoadBalancerHTTPSListener")
@@ -114,7 +119,6 @@ def _check_request(a: _Params, ctx: Context) -> None:
         a.err(
             "Bandwidth", Code.UNSUPPORTED_OPERATION, "listener bandwidth caps are not enforced by this agent", "warning"
         )
-    a.integer("ListenerPort", 1, 65535)
     if a.text("VServerGroupId") is None:
         a.required("BackendServerPort", "when VServerGroupId is not set")
     if a.text("MasterSlaveServerGroupId"):
@@ -130,7 +134,6 @@ def _check_request(a: _Params, ctx: Context) -> None:
             a.err("StickySessionType", Code.INVALID_VALUE, "StickySessionType must be 'insert' or 'server'")
         if kind == "insert":
             a.required("CookieTimeout", "when StickySession is on and StickySessionType is insert")
-            a.integer("CookieTimeout", 1, 86400)
         if kind == "server":
             a.required("Cookie", "when StickySession is on and StickySessionType is server")
             cookie = a.text("Cookie")
@@ -145,8 +148,6 @@ def _check_request(a: _Params, ctx: Context) -> None:
         a.required("AclType", "when AclStatus is on")
         if a.text("AclType") not in (None, "white", "black"):
             a.err("AclType", Code.INVALID_VALUE, "AclType must be 'white' or 'black'")
-    a.integer("IdleTimeout", 1, 60, Code.ALI_IDLE_TIMEOUT)
-    a.integer("RequestTimeout", 1, 180, Code.ALI_REQUEST_TIMEOUT)
     desc = a.text("Description")
     if desc is not None and not DESCRIPTION.match(desc):
         a.err(
@@ -159,7 +160,7 @@ def _check_request(a: _Params, ctx: Context) -> None:
     if any(isinstance(ip_address(v), IPv6Address) for v in ctx.vips) and a.on("XForwardedFor", True):
         a.err("XForwardedFor", Code.ALI_FORWARD_NOT_SUPPORT, "X-Forwarded-For is not supported on an IPv6 instance")
     _check_health(a)
-    _check_certificates(a, ctx)
+    _check_certificates(a, ctx, cert_ids)
     _check_acl(a, ctx)
 
 
@@ -176,7 +177,6 @@ def _check_health(a: _Params) -> None:
             "HealthCheckDomain is required when HealthCheckHttpVersion is http1.1",
         )
     a.integer("HealthCheckInterval", 1, 50)
-    a.integer("HealthCheckTimeout", 1, 300)
     a.integer("HealthyThreshold", 2, 10)
     a.integer("UnhealthyThreshold", 2, 10)
     a.integer("HealthCheckConnectPort", 1, 65535)
@@ -212,8 +212,7 @@ def _server_cert_ids(a: _Params) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _check_certificates(a: _Params, ctx: Context) -> None:
-    ids = _server_cert_ids(a)
+def _check_certificates(a: _Params, ctx: Context, ids: list[str]) -> None:
     if not ids:
         a.err("ServerCertificateId", Code.ALI_MISSING_SERVER_CERTS, "a server certificate is required")
     elif len(ids) > 1:
@@ -340,12 +339,12 @@ def _sanitize_id(a: _Params, name: str) -> str:
 def convert(params: dict[str, str], ctx: Context) -> tuple[dict[str, Any] | None, list[Issue]]:
     """The clbagent document for a CreateLoadBalancerHTTPSListener request, or None with the errors."""
     a = _Params(params)
-    _check_request(a, ctx)
+    ids = _server_cert_ids(a)
+    _check_request(a, ctx, ids)
     lb_id = _sanitize_id(a, "LoadBalancerId")
     listener_port = a.integer("ListenerPort", 1, 65535)
     ca = _sanitize_id(a, "CACertificateId") or None
     certificate: dict[str, Any] = {"SSLMode": "MUTUAL" if ca else "UNIDIRECTIONAL"}
-    ids = _server_cert_ids(a)
     if ids:
         certificate["CertId"] = ids[0]
     if ca:
@@ -385,10 +384,8 @@ def convert(params: dict[str, str], ctx: Context) -> tuple[dict[str, Any] | None
         "the listener is created stopped, as Alibaba does; set ListenerStatus: running to start forwarding",
         "warning",
     )
-    errors = [i for i in a.issues if i.severity == "error"]
-    # Repeated checks (integer() is called again while building) may repeat an issue: keep one of each.
-    issues = list(dict.fromkeys(a.issues))
-    if errors:
+    issues = a.issues
+    if any(i.severity == "error" for i in issues):
         return None, issues
     doc = dict(doc)
     doc["Listeners"] = [*(doc.get("Listeners") or []), listener]

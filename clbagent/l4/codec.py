@@ -27,7 +27,6 @@ from clbagent.l4.plan import Destination, ServiceKey, VirtualService
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 # commands

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
@@ -10,7 +11,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from clbagent.errors import Code
 from clbagent.model.base import Obj
-from clbagent.model.certificate import Certificate
+from clbagent.model.certificate import Certificate, CertificateInput
 from clbagent.model.extras import Acl, AutoRewrite, CustomizedConfig, RewriteLocationMap, TLSPolicy
 from clbagent.model.listener import Listener
 from clbagent.model.syntax import fail
@@ -72,6 +73,15 @@ class LoadBalancer(SharedObjects):
     @property
     def id(self) -> str:
         return self.load_balancer_id
+
+    def certificate_slots(self) -> Iterator[tuple[CertificateInput, str]]:
+        """Every ``Certificate`` of a listener or rule, with its document path."""
+        for lis in self.listeners:
+            if lis.certificate is not None:
+                yield lis.certificate, lis.at("Certificate")
+            for rule in lis.rules or []:
+                if rule.certificate is not None:
+                    yield rule.certificate, rule.at("Certificate")
 
     @property
     def is_ipv6(self) -> bool:

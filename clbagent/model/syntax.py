@@ -46,10 +46,6 @@ class Domain:
     kind: DomainKind
     text: str  # the full value as written, e.g. "*.example.com" or "~^www\d+\.example\.com$"
 
-    @property
-    def pattern(self) -> str:
-        return self.text[1:] if self.kind == "regex" else self.text
-
 
 @dataclass(frozen=True)
 class Url:

@@ -97,15 +97,16 @@ def _structure(source: str, raw: Any, settings: Settings) -> DocumentResult:
     return DocumentResult(source, root, model, issues, pruned)
 
 
-def _check_shared(doc: DocumentResult, settings: Settings, now: datetime) -> dict[tuple[str, str], bool]:
-    """Validate the shared objects a document defines; returns (kind, id) -> valid."""
+def _check_shared(doc: DocumentResult, catalog: Catalog, settings: Settings, now: datetime) -> None:
+    """Validate the shared objects a document defines; certificates with errors are noted in the
+    catalog so that every load balancer referring to one is refused too."""
     assert doc.model is not None
     f = Findings(doc.root)
-    valid: dict[tuple[str, str], bool] = {}
     for cert in doc.model.certificates:
         found = check_certificate(cert, doc.root, now, settings.cert_expiry_warning_days)
         f.issues.extend(found)
-        valid[("certificate", cert.cert_id)] = not any(i.severity == "error" for i in found)
+        if any(i.severity == "error" for i in found):
+            catalog.invalid_certificates.add(cert.cert_id)
     for conf in doc.model.customized_configs:
         _, problems = parse_customized(conf.config_content)
         for code, message in problems:
@@ -128,7 +129,6 @@ def _check_shared(doc: DocumentResult, settings: Settings, now: datetime) -> dic
                     f"entry {text} does not match the ACL's {acl.address_ip_version}",
                 )
     doc.issues.extend(f.issues)
-    return valid
 
 
 def _inline_certificates(doc: DocumentResult) -> list[Certificate]:
@@ -138,19 +138,13 @@ def _inline_certificates(doc: DocumentResult) -> list[Certificate]:
     found: list[Certificate] = []
     if lb is None:
         return found
-    for lis in lb.listeners:
-        slots = [(lis.certificate, lis.at("Certificate"))] + [
-            (r.certificate, r.at("Certificate")) for r in lis.rules or []
-        ]
-        for cert, path in slots:
-            if cert is None:
-                continue
-            if cert.cert_id is None and cert.cert_content:
-                cert.cert_id = _inline_id(cert.cert_content)
-                found.append(_inline(cert.cert_id, "SVR", cert.cert_content, cert.cert_key, f"{path}"))
-            if cert.cert_ca_id is None and cert.cert_ca_content:
-                cert.cert_ca_id = _inline_id(cert.cert_ca_content)
-                found.append(_inline(cert.cert_ca_id, "CA", cert.cert_ca_content, None, f"{path}"))
+    for cert, path in lb.certificate_slots():
+        if cert.cert_id is None and cert.cert_content:
+            cert.cert_id = _inline_id(cert.cert_content)
+            found.append(_inline(cert.cert_id, "SVR", cert.cert_content, cert.cert_key, path))
+        if cert.cert_ca_id is None and cert.cert_ca_content:
+            cert.cert_ca_id = _inline_id(cert.cert_ca_content)
+            found.append(_inline(cert.cert_ca_id, "CA", cert.cert_ca_content, None, path))
     return found
 
 
@@ -162,18 +156,6 @@ def _inline(ident: str, kind: str, content: str, key: str | None, path: str) -> 
     cert = Certificate.model_validate({"CertId": ident, "CertType": kind, "CertContent": content, "CertKey": key})
     cert._doc_path = path
     return cert
-
-
-def _bad_cert_refs(lb: LoadBalancer, valid: dict[tuple[str, str], bool], f: Findings) -> None:
-    for lis in lb.listeners:
-        slots = [(lis.certificate, lis.at("Certificate"))] + [
-            (r.certificate, r.at("Certificate")) for r in lis.rules or []
-        ]
-        for cert, path in slots:
-            for field_name in ("CertId", "CertCaId", "EccCertId"):
-                ident = cert.model_dump(by_alias=True).get(field_name) if cert else None
-                if ident and valid.get(("certificate", ident)) is False:
-                    f.add(f"{path}/{field_name}", Code.INVALID_PARAMETER, f"certificate {ident} is invalid")
 
 
 def _cross_documents(docs: list[DocumentResult]) -> None:
@@ -224,7 +206,6 @@ def validate_documents(
     now = now or now_utc()
     results = [_structure(source, raw, settings) for source, raw in docs]
     catalog = Catalog()
-    valid: dict[tuple[str, str], bool] = {}
     for doc in results:
         if doc.model is None:
             continue
@@ -235,7 +216,7 @@ def validate_documents(
             doc.issues.append(
                 Issue(f"{doc.root}/{path}", Code.DUPLICATE, f"{kind} {ident} is defined differently elsewhere")
             )
-        valid.update(_check_shared(doc, settings, now))
+        _check_shared(doc, catalog, settings, now)
     if len(catalog.customized_configs) > settings.max_customized_configs:
         results[0].issues.append(
             Issue(
@@ -250,7 +231,6 @@ def validate_documents(
         check_vips(lb, f)
         check_listeners(lb, settings, f)
         check_references(lb, catalog, settings, f)
-        _bad_cert_refs(lb, valid, f)
         doc.issues.extend(i for i in f.issues if not _under_pruned(i.path, doc.pruned) and i not in doc.issues)
     _cross_documents(results)
     for doc in results:

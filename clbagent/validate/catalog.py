@@ -15,6 +15,7 @@ class Catalog:
     customized_configs: dict[str, CustomizedConfig] = field(default_factory=dict)
     tls_policies: dict[str, TLSPolicy] = field(default_factory=dict)
     acls: dict[str, Acl] = field(default_factory=dict)
+    invalid_certificates: set[str] = field(default_factory=set)  # defined, but with errors
     where: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, id) -> root of its document
 
     def add(self, doc: SharedObjects, root: str) -> list[tuple[str, str, str]]:

@@ -17,13 +17,9 @@ def rules_by_id(lb: LoadBalancer) -> dict[str, tuple[Listener, Rule]]:
 
 
 def check_references(lb: LoadBalancer, catalog: Catalog, settings: Settings, f: Findings) -> None:
+    for cert, path in lb.certificate_slots():
+        _check_cert_refs(cert, path, catalog, f)
     for lis in lb.listeners:
-        slots = [(lis.certificate, lis.at("Certificate"))] + [
-            (r.certificate, r.at("Certificate")) for r in lis.rules or []
-        ]
-        for cert, path in slots:
-            if cert is not None:
-                _check_cert_refs(cert, path, catalog, f)
         if lis.tls_cipher_policy and lis.tls_cipher_policy not in NAMED_POLICIES | catalog.tls_policies:
             f.add(
                 lis.at("TLSCipherPolicy"),
@@ -65,6 +61,8 @@ def _check_cert_refs(cert: CertificateInput, path: str, catalog: Catalog, f: Fin
             )
         elif obj.cert_algorithm == "sm2":
             f.add(f"{path}/{field}", Code.UNSUPPORTED_OPERATION, f"SM2 certificate {ident} cannot be served here")
+        elif ident in catalog.invalid_certificates:
+            f.add(f"{path}/{field}", Code.INVALID_PARAMETER, f"certificate {ident} is invalid")
 
 
 def _check_config_ref(lb: LoadBalancer, catalog: Catalog, f: Findings) -> None:

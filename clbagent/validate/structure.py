@@ -70,7 +70,7 @@ def _code(err: dict[str, Any]) -> str:
     return Code.INVALID_VALUE.value
 
 
-def _message(err: dict[str, Any], code: str) -> str:
+def _message(err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return "this field is required"
     if err["type"] == "extra_forbidden":
@@ -80,7 +80,7 @@ def _message(err: dict[str, Any], code: str) -> str:
     if err["type"] in ("ip_v4_network", "ip_v6_network", "ip_any_network"):
         return f"{err.get('input')!r:.60} is not a valid CIDR block"
     msg = str(err["msg"])
-    if err["type"] in _CLB_CODES or ("ctx" in err and code == err["type"]):
+    if err["type"] in _CLB_CODES:
         return msg
     shown = repr(err.get("input"))
     if len(shown) > 60:
@@ -96,7 +96,7 @@ def pydantic_issues(exc: ValidationError, raw: Any, root: str) -> tuple[list[Iss
         steps = _walk(raw, tuple(err["loc"]))
         code = _code(err)
         path = render_path(root, steps)
-        issues.setdefault((path, code), Issue(path, code, _message(err, code)))
+        issues.setdefault((path, code), Issue(path, code, _message(err)))
         locs.append(steps)
     return list(issues.values()), locs
 
