@@ -83,10 +83,13 @@ class NginxConfig:
     warnings: list[Issue] = field(default_factory=list)
 
 
-def main_conf(prefix: str) -> str:
+def main_conf(prefix: str, worker_shutdown_timeout: str = "60s") -> str:
+    """``nginx.conf``: global settings and the include of every load balancer's file.
+    ``worker_shutdown_timeout`` bounds how long old workers drain after a reload."""
     return render(
         "nginx.conf.j2",
         prefix=prefix.rstrip("/") or "/",
+        worker_shutdown_timeout=worker_shutdown_timeout,
         headers_more=HEADERS_MORE,
         proxy_headers=DEFAULT_PROXY_HEADERS,
         gzip_types=GZIP_TYPES,
