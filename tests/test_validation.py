@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from clbagent.customized import parse_customized
 from clbagent.errors import Code
 from clbagent.model.syntax import parse_domain, parse_url
+from clbagent.personalized_config import parse_customized
 from clbagent.settings import Settings
-from clbagent.tls import FORCED_OFF, default_tls, named
+from clbagent.tls_policies import FORCED_OFF, default_tls, named
 from clbagent.validate import check_transition, validate_documents
 from tests.helpers import FIXTURES
 

@@ -1,6 +1,6 @@
 """Personalized config (T1909-T1972) placed at the right level of each server of its instance.
 
-The text was parsed and checked against the whitelist by ``clbagent.customized``; here the
+The text was parsed and checked against the whitelist by ``clbagent.personalized_config``; here the
 (name, args) pairs are sorted into levels. Nothing is pasted: the template writes every argument
 through the quoting function.
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clbagent.customized import Directive, parse_customized
 from clbagent.model import LoadBalancer
+from clbagent.personalized_config import Directive, parse_customized
 from clbagent.validate.catalog import Catalog
 
 TLS_NAMES = frozenset({"ssl_protocols", "ssl_ciphers", "ssl_verify_depth"})

@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 
-from clbagent.customized import Directive
 from clbagent.errors import Code, Issue
 from clbagent.model import Listener, LoadBalancer, Rule
 from clbagent.model.syntax import Url
+from clbagent.personalized_config import Directive
 from clbagent.validate.catalog import Catalog
 
-from . import headers, names, tls
+from . import headers, names, server_tls
 from .personalized import Personalized, without
 from .redirects import AutoRedirect, auto_location
 from .upstreams import MapBlock, Pool, build_pool
@@ -123,10 +123,10 @@ def _has_root(urls: list[Url]) -> bool:
     return any(u.kind in ("prefix", "prefix_stop") and u.pattern == "/" for u in urls)
 
 
-def _tls(ctx: LbContext, lis: Listener, rules: list[Rule], policy) -> tls.TlsBlock:
+def _tls(ctx: LbContext, lis: Listener, rules: list[Rule], policy) -> server_tls.TlsBlock:
     slot = next((r.certificate for r in rules if r.certificate is not None), None) if lis.sni else lis.certificate
     assert slot is not None, "validation guarantees a certificate for every HTTPS server"
-    block, files = tls.tls_block(slot, policy, ctx.catalog, ctx.personalized.verify_depth)
+    block, files = server_tls.tls_block(slot, policy, ctx.catalog, ctx.personalized.verify_depth)
     ctx.files.update(files)
     return block
 
@@ -147,7 +147,7 @@ def listener_servers(ctx: LbContext, lis: Listener, auto: list[AutoRedirect]) ->
         )
     policy = None
     if https:
-        policy, where = tls.listener_policy(lis, ctx.catalog, ctx.personalized.directives)
+        policy, where = server_tls.listener_policy(lis, ctx.catalog, ctx.personalized.directives)
         for message in policy.warnings:
             ctx.warn(where, Code.UNSUPPORTED_OPERATION, f"listener {lis.id}: {message}")
     default_domain = next((r.domain for r in rules if r.default_server), None)

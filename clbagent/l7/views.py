@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clbagent.customized import Directive
+from clbagent.personalized_config import Directive
 
-from .tls import TlsBlock
+from .server_tls import TlsBlock
 
 
 @dataclass

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from clbagent.customized import parse_customized
 from clbagent.errors import Code, Issue
 from clbagent.model import Certificate, LoadBalancer, SharedObjects
+from clbagent.personalized_config import parse_customized
 from clbagent.settings import DEFAULT_SETTINGS, Settings
-from clbagent.tls import CIPHER_TOKENS, NAMED_POLICIES
+from clbagent.tls_policies import CIPHER_TOKENS, NAMED_POLICIES
 from clbagent.validate.catalog import Catalog
 from clbagent.validate.certs import check_certificate, now_utc
 from clbagent.validate.listeners import Findings, check_listeners, check_vips, port_family, port_span

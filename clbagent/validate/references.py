@@ -3,11 +3,11 @@ ACLs, and the redirect graph (manual and automatic)."""
 
 from __future__ import annotations
 
-from clbagent.customized import parse_customized
 from clbagent.errors import Code
 from clbagent.model import CertificateInput, Listener, LoadBalancer, Rule
+from clbagent.personalized_config import parse_customized
 from clbagent.settings import Settings
-from clbagent.tls import NAMED_POLICIES
+from clbagent.tls_policies import NAMED_POLICIES
 from clbagent.validate.catalog import Catalog
 from clbagent.validate.listeners import Findings
 

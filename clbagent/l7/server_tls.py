@@ -2,16 +2,16 @@
 
 Policy precedence: the listener's ``TLSCipherPolicy`` (named or a custom ``TLSPolicies`` entry),
 then the bound personalized config's ``ssl_protocols``/``ssl_ciphers``, then the documented
-defaults. Every result carries the forced-off list and the OpenSSL warnings of ``clbagent.tls``.
+defaults. Every result carries the forced-off list and the OpenSSL warnings of ``clbagent.tls_policies``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clbagent.customized import Directive
 from clbagent.model import Certificate, CertificateInput, Listener
-from clbagent.tls import DEFAULT_CIPHERS, DEFAULT_PROTOCOLS, TlsSettings, default_tls, named, resolve
+from clbagent.personalized_config import Directive
+from clbagent.tls_policies import DEFAULT_CIPHERS, DEFAULT_PROTOCOLS, TlsSettings, default_tls, named, resolve
 from clbagent.validate.catalog import Catalog
 
 from . import names

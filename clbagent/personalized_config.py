@@ -17,7 +17,7 @@ from crossplane.errors import NgxParserSyntaxError
 from crossplane.lexer import _balance_braces, _lex_file_object
 
 from clbagent.errors import Code
-from clbagent.tls import CIPHER_TOKENS, FORCED_OFF
+from clbagent.tls_policies import CIPHER_TOKENS, FORCED_OFF
 
 MAX_BYTES = 64 * 1024
 REPEATABLE = frozenset({"add_header", "more_set_headers", "proxy_set_header", "error_page"})
