@@ -1,20 +1,42 @@
 """Reading desired-state documents from files and directories (YAML or JSON).
 
-Certificate files named by ``CertFile``/``CertKeyFile`` are read here, relative to the document,
-so that everything after loading works on data only.
+Every document comes from a tenant, so reading is bounded before anything else looks at it: file
+size, YAML alias expansion, nesting depth, list and string lengths, integer size (see
+:func:`check_bounds`). Certificate files named by ``CertFile``/``CertKeyFile`` are read here, only
+from inside the certificate directory (:func:`read_cert_file`), so that everything after loading
+works on data only.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from clbagent.errors import Code, Issue
+from clbagent.settings import DEFAULT_SETTINGS, Settings
 
 SUFFIXES = (".yaml", ".yml", ".json")
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster than pure Python
+INT_LIMIT = 1 << 63
+
+
+class DocumentError(ValueError):
+    """A document or file refused before validation: too large, too deep, or not plain data."""
+
+    def __init__(self, message: str, where: str = "", code: Code = Code.LIMIT_EXCEEDED):
+        super().__init__(message)
+        self.where = where
+        self.code = code
+
+
+def shown(path: Path | str) -> str:
+    """A file name safe to print: undecodable bytes (lone surrogates) become escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def document_files(paths: list[Path]) -> list[Path]:
@@ -28,17 +50,158 @@ def document_files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def parse_text(text: str, source: str) -> list[tuple[str, Any]]:
-    """Documents in one text: JSON, or YAML with one or more ``---`` separated documents."""
+def read_bounded(path: Path, limit: int, follow: bool = True) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (a FIFO or device is refused, not read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DocumentError("not a regular file", code=Code.INVALID_PARAMETER)
+        if info.st_size > limit:
+            raise DocumentError(f"larger than {limit} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise DocumentError(f"larger than {limit} bytes")
+    return data
+
+
+def _yaml_events_bounded(text: str, settings: Settings) -> None:
+    """Refuse YAML whose nesting or alias expansion exceeds the limits, from the event stream alone
+    (libyaml's parser is iterative; its composer recurses and would crash on deep input)."""
+    depth = 0
+    expanded = 0
+    sizes: dict[str, int] = {}
+    open_anchors: list[tuple[str | None, int]] = []
+    for event in yaml.parse(text, Loader=SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            expanded += sizes.get(event.anchor or "", 1)
+        elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+            expanded += 1
+            if isinstance(event, yaml.ScalarEvent):
+                if event.anchor:
+                    sizes[event.anchor] = 1
+            else:
+                depth += 1
+                if depth > settings.max_document_depth:
+                    raise DocumentError(f"nested deeper than {settings.max_document_depth} levels")
+                open_anchors.append((event.anchor, expanded))
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            anchor, start = open_anchors.pop()
+            if anchor:
+                sizes[anchor] = expanded - start + 1
+        if expanded > settings.max_document_nodes:
+            raise DocumentError(f"more than {settings.max_document_nodes} values (YAML aliases expanded)")
+
+
+def parse_text(text: str, source: str, settings: Settings = DEFAULT_SETTINGS) -> list[tuple[str, Any]]:
+    """Documents in one text: JSON, or YAML with one or more ``---`` separated documents.
+    Raises :class:`DocumentError` for input outside the bounds, ``ValueError``/``yaml.YAMLError``
+    for text that does not parse."""
     if source.endswith(".json"):
-        return [(source, json.loads(text))]
-    docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    if len(docs) == 1:
-        return [(source, docs[0])]
-    return [(f"{source}#{i + 1}", d) for i, d in enumerate(docs)]
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise DocumentError(f"nested deeper than {settings.max_document_depth} levels") from None
+        found = [data]
+    else:
+        _yaml_events_bounded(text, settings)
+        found = [d for d in yaml.load_all(text, Loader=SafeLoader) if d is not None]
+    for data in found:
+        check_bounds(data, settings)
+    if len(found) == 1:
+        return [(source, found[0])]
+    return [(f"{source}#{i + 1}", d) for i, d in enumerate(found)]
 
 
-def _read_cert_files(raw: Any, base: Path, source: str) -> list[Issue]:
+def parse_problem(exc: Exception) -> str:
+    """What is wrong with a text that does not parse, without quoting the text (it may hold a key)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+    if "integer string conversion" in str(exc):
+        return "an integer has too many digits"
+    return type(exc).__name__
+
+
+def check_bounds(data: Any, settings: Settings) -> None:
+    """Refuse data outside the limits; iterative, so depth cannot exhaust the stack, and linear in
+    the expanded size (aliases were bounded before)."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    nodes = 0
+    while stack:
+        node, where, depth = stack.pop()
+        nodes += 1
+        if nodes > settings.max_document_nodes:
+            raise DocumentError(f"more than {settings.max_document_nodes} values")
+        if depth > settings.max_document_depth:
+            raise DocumentError(f"nested deeper than {settings.max_document_depth} levels", where)
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise DocumentError("mapping keys must be strings", where, Code.FORMAT_ERROR)
+                _check_string(key, where, settings)
+                stack.append((value, f"{where}/{key}" if where else key, depth + 1))
+        elif isinstance(node, list):
+            if len(node) > settings.max_list_length:
+                raise DocumentError(f"a list holds more than {settings.max_list_length} items", where)
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
+        elif isinstance(node, str):
+            _check_string(node, where, settings)
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int):
+            if not -INT_LIMIT <= node < INT_LIMIT:
+                raise DocumentError("an integer is out of the 64-bit range", where)
+        elif isinstance(node, float):
+            continue
+        else:
+            raise DocumentError(f"a value of type {type(node).__name__} is not plain data", where, Code.FORMAT_ERROR)
+
+
+def _check_string(text: str, where: str, settings: Settings) -> None:
+    if len(text) > settings.max_string_length:
+        raise DocumentError(f"a string is longer than {settings.max_string_length} characters", where)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise DocumentError("a string holds a lone surrogate (not a character)", where, Code.FORMAT_ERROR) from None
+
+
+def read_cert_file(name: str, doc_dir: Path, cert_dir: Path, limit: int) -> str:
+    """The text of a certificate or key file named in a document, read only from inside ``cert_dir``.
+
+    The name is taken relative to the document's directory and resolved (symlinks included); it
+    must stay inside the resolved ``cert_dir``. The result is opened without following a symlink
+    and must be a regular file of at most ``limit`` bytes. A name outside ``cert_dir`` gets the same
+    answer whether or not it exists."""
+    root = cert_dir.resolve()
+    outside = DocumentError(
+        f"must name a file inside the certificate directory {shown(root)}", code=Code.INVALID_PARAMETER
+    )
+    if "\0" in name:
+        raise outside
+    target = (doc_dir.resolve() / name).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise outside
+    try:
+        data = read_bounded(target, limit, follow=False)
+    except OSError as exc:
+        raise DocumentError(f"cannot read {shown(name)}: {exc.strerror}", code=Code.RESOURCE_NOT_FOUND) from None
+    except DocumentError as exc:
+        raise DocumentError(f"{shown(name)} is refused: {exc}", code=exc.code) from None
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise DocumentError(f"{shown(name)} is not PEM text (ASCII)", code=Code.FORMAT_ERROR) from None
+
+
+def _read_cert_files(raw: Any, doc_dir: Path, cert_dir: Path, source: str, settings: Settings) -> list[Issue]:
     issues: list[Issue] = []
     certs = raw.get("Certificates") if isinstance(raw, dict) else None
     if not isinstance(certs, list):
@@ -48,37 +211,45 @@ def _read_cert_files(raw: Any, base: Path, source: str) -> list[Issue]:
             continue
         for file_key, content_key in (("CertFile", "CertContent"), ("CertKeyFile", "CertKey")):
             name = cert.get(file_key)
-            if not isinstance(name, str):
+            if not isinstance(name, str) or content_key in cert:
                 continue
-            path = base / name
             try:
-                cert.setdefault(content_key, path.read_text())
-            except (OSError, UnicodeDecodeError) as exc:
-                issues.append(
-                    Issue(
-                        f"{source}/Certificates[{i}]/{file_key}",
-                        Code.RESOURCE_NOT_FOUND,
-                        f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
-                    )
-                )
+                cert[content_key] = read_cert_file(name, doc_dir, cert_dir, settings.cert_file_max_bytes)
+            except DocumentError as exc:
+                issues.append(Issue(f"{source}/Certificates[{i}]/{file_key}", exc.code, str(exc)))
     return issues
 
 
-def load(paths: list[Path]) -> tuple[list[tuple[str, Any]], list[Issue]]:
-    """Raw documents from paths, plus issues for files that cannot be read or parsed."""
+def load(
+    paths: list[Path], cert_dir: Path | None = None, settings: Settings = DEFAULT_SETTINGS
+) -> tuple[list[tuple[str, Any]], list[Issue]]:
+    """Raw documents from paths, plus issues for files that cannot be read or parsed.
+
+    ``cert_dir`` (else ``settings.cert_dir``, else each document's own directory) is the only
+    directory ``CertFile``/``CertKeyFile`` may be read from."""
     docs: list[tuple[str, Any]] = []
     issues: list[Issue] = []
-    for f in document_files(paths):
-        source = str(f)
+    try:
+        files = document_files(paths)
+    except (OSError, ValueError) as exc:
+        return [], [Issue("(arguments)", Code.RESOURCE_NOT_FOUND, f"cannot list the documents: {exc}")]
+    for f in files:
+        source = shown(f)
         try:
-            found = parse_text(f.read_text(), source)
+            found = parse_text(read_bounded(f, settings.max_document_bytes).decode(), source, settings)
+        except DocumentError as exc:
+            where = f"{source}/{exc.where}" if exc.where else source
+            issues.append(Issue(where, exc.code, f"document refused: {exc}"))
+            continue
         except (OSError, UnicodeDecodeError) as exc:
-            issues.append(Issue(source, Code.RESOURCE_NOT_FOUND, f"cannot read the file: {exc}"))
+            why = getattr(exc, "strerror", None) or "not UTF-8 text"
+            issues.append(Issue(source, Code.RESOURCE_NOT_FOUND, f"cannot read the file: {why}"))
             continue
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
-            issues.append(Issue(source, Code.FORMAT_ERROR, f"not valid YAML/JSON: {' '.join(str(exc).split())}"))
+        except (yaml.YAMLError, ValueError) as exc:
+            issues.append(Issue(source, Code.FORMAT_ERROR, f"not valid YAML/JSON: {parse_problem(exc)}"))
             continue
+        allowed = cert_dir or settings.cert_dir or f.parent
         for src, raw in found:
-            issues.extend(_read_cert_files(raw, f.parent, src))
+            issues.extend(_read_cert_files(raw, f.parent, allowed, src, settings))
             docs.append((src, raw))
     return docs, issues

@@ -6,11 +6,12 @@ documentation; clbagent does not hard-code one of them, it reads them from here 
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 RESERVED_PORTS = (843, 1020, 1433, 1434, 3306, 3389, 6006, 20000, 36000, 42222, 48369, 56000, 65010)
 
@@ -36,14 +37,46 @@ class Settings(BaseModel):
     max_targets_per_rule: int = Field(100, ge=1)
     max_customized_configs: int = Field(200, ge=1, description="C13: 200 or 100")
     cert_expiry_warning_days: int = Field(30, ge=0)
+    cert_dir: Path | None = Field(
+        None,
+        description="CertFile/CertKeyFile are read only inside this directory "
+        "(default: the directory of the document naming them)",
+    )
+    cert_file_max_bytes: int = Field(65536, ge=1024, description="largest certificate or key file read")
+    vip_ranges: tuple[IPv4Network | IPv6Network, ...] = Field(
+        (), description="VIPs must lie in one of these ranges (empty: any unicast address, loopback included)"
+    )
+    max_document_bytes: int = Field(8 << 20, ge=1024, description="largest document file read")
+    max_document_nodes: int = Field(1_000_000, ge=100, description="values in a document, YAML aliases expanded")
+    max_document_depth: int = Field(32, ge=8, description="nesting of mappings and lists")
+    max_list_length: int = Field(10_000, ge=100, description="items in one list")
+    max_string_length: int = Field(262_144, ge=1024, description="characters in one string")
 
     @classmethod
     def load(cls, path: Path | None) -> Settings:
-        """Read settings from a YAML file; a missing path means the documented defaults."""
+        """Read settings from a YAML file; a missing path means the documented defaults.
+        Raises :class:`SettingsError` with one plain sentence when the file cannot be used."""
         if path is None:
             return cls()
-        data = yaml.safe_load(path.read_text()) or {}
-        return cls.model_validate(data)
+        try:
+            data = yaml.safe_load(path.read_bytes()[: 1 << 20]) or {}
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"cannot read settings file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"settings file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"settings file {path} must be a mapping of setting names to values")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top)"
+            what = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
+            raise SettingsError(f"settings file {path}: {where}: {what}") from None
+
+
+class SettingsError(ValueError):
+    """A settings file that cannot be used: the agent refuses to start rather than guess."""
 
 
 DEFAULT_SETTINGS = Settings()

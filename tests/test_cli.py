@@ -75,7 +75,7 @@ def test_full_example_uses_every_field(capsys) -> None:
     main(["schema"])
     schema = json.loads(capsys.readouterr().out)
     fields = set(schema["properties"]) | {p for d in schema["$defs"].values() for p in d.get("properties", {})}
-    docs, _ = load([FIXTURES / "examples" / "full.yaml"])
+    docs, _ = load([FIXTURES / "examples" / "full.yaml"], FIXTURES / "certs")
     used = _keys([raw for _, raw in docs], set())
     not_servable = {"TrpcCallee", "TrpcFunc", "SmCertId", "SignCert", "SignCertPrivateKey"}  # refused by design
     assert fields - used - not_servable == set()

@@ -14,6 +14,7 @@ from clbagent.cli import main
 from tests.helpers import FIXTURES, ROOT, expectation, run_json
 
 GOOD = [FIXTURES / "examples", FIXTURES / "seed", FIXTURES / "alibaba" / "sample-document.yaml"]
+CERTS = FIXTURES / "certs"
 BAD = sorted((FIXTURES / "bad").glob("*.yaml"))
 BAD_ALIBABA = sorted((FIXTURES / "bad-alibaba").glob("*.txt"))
 
@@ -21,14 +22,14 @@ BAD_ALIBABA = sorted((FIXTURES / "bad-alibaba").glob("*.txt"))
 @pytest.mark.parametrize("path", GOOD, ids=lambda p: p.name)
 def test_good_fixtures_validate(path: Path, capsys) -> None:
     extra = [str(FIXTURES / "alibaba" / "objects.yaml")] if path.suffix else []
-    rc, issues = run_json(["validate", str(path), *extra], capsys)
+    rc, issues = run_json(["validate", str(path), *extra, "--cert-dir", str(CERTS)], capsys)
     assert [i for i in issues if i["severity"] == "error"] == []
     assert rc == 0
 
 
 def test_console_script_exit_codes() -> None:
     exe = Path(sys.executable).with_name("clbagent")
-    good = subprocess.run([exe, "validate", FIXTURES / "examples"], capture_output=True, text=True)
+    good = subprocess.run([exe, "validate", FIXTURES / "examples", "--cert-dir", CERTS], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     bad = subprocess.run([exe, "validate", BAD[0]], capture_output=True, text=True)
     assert bad.returncode == 2
@@ -38,7 +39,7 @@ def test_console_script_exit_codes() -> None:
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
 def test_bad_fixture_reports_its_code_and_path(path: Path, capsys) -> None:
     code, where = expectation(path)["expect"].split(" ", 1)
-    rc, issues = run_json(["validate", str(path)], capsys)
+    rc, issues = run_json(["validate", str(path), "--cert-dir", str(CERTS)], capsys)
     assert rc == 2
     assert {"code": code, "path": where} in [{"code": i["code"], "path": i["path"]} for i in issues]
     assert all(i["message"] for i in issues)
@@ -78,6 +79,8 @@ def test_bad_alibaba_request_reports_its_code(path: Path, capsys) -> None:
         "127.0.31.1",
         "--with",
         str(FIXTURES / "alibaba" / "objects.yaml"),
+        "--cert-dir",
+        str(CERTS),
     ]
     if "into" in meta:
         argv += ["--into", str(path.parent / meta["into"])]
@@ -101,6 +104,8 @@ def test_alibaba_sample_imports_to_the_expected_document(tmp_path: Path, capsys)
             "127.0.31.2:8080,20",
             "--with",
             str(FIXTURES / "alibaba" / "objects.yaml"),
+            "--cert-dir",
+            str(CERTS),
             "-o",
             str(out),
         ]

@@ -109,7 +109,7 @@ def test_valid_documents_round_trip(raw: dict[str, Any]) -> None:
 
 
 def _full_example() -> list[tuple[str, Any]]:
-    docs, issues = load([FIXTURES / "examples" / "full.yaml"])
+    docs, issues = load([FIXTURES / "examples" / "full.yaml"], FIXTURES / "certs")
     assert not issues
     return docs
 

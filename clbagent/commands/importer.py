@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from clbagent.commands import EXIT_INVALID, EXIT_OK, print_issues
+from clbagent.errors import Code, Issue
 from clbagent.importers.alibaba import Context, convert, parse_request
-from clbagent.loader import load
+from clbagent.loader import DocumentError, load, parse_problem, parse_text, read_bounded, shown
+from clbagent.settings import DEFAULT_SETTINGS
 from clbagent.validate import validate_documents
+
+UNRESOLVED = {Code.RESOURCE_NOT_FOUND.value, Code.ALI_ACL_NOT_EXIST.value, Code.ALI_TLS_POLICY_NOT_EXIST.value}
+
+
+def _vip(text: str) -> str:
+    try:
+        return str(ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r:.60} is not an IP address") from None
 
 
 def _backend(text: str) -> tuple[str, int | None, int]:
@@ -21,16 +34,16 @@ def _backend(text: str) -> tuple[str, int | None, int]:
     port: int | None = None
     if addr.startswith("["):
         host, _, rest = addr[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else None
+        text_port: str | None = rest[1:] if rest.startswith(":") else None
     elif addr.count(":") == 1:
-        host, _, p = addr.partition(":")
-        port = int(p)
+        host, _, text_port = addr.partition(":")
     else:
-        host = addr
+        host, text_port = addr, None
     try:
-        return host, port, int(weight) if weight else 10
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad backend {text!r}; use IP[:PORT][,WEIGHT]") from None
+        port = int(text_port) if text_port is not None else None
+        return _vip(host), port, int(weight) if weight else 10
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"bad backend {text!r:.80}; use IP[:PORT][,WEIGHT]") from None
 
 
 def add_parser(sub: Any) -> None:
@@ -48,7 +61,7 @@ def add_parser(sub: Any) -> None:
         "with Alibaba's error codes. Exit 0 on success, 2 when the request is invalid.",
     )
     k.add_argument("request", type=Path, help="file with the request ('-' for standard input)")
-    k.add_argument("--vip", action="append", required=True, help="VIP of the load balancer (repeatable)")
+    k.add_argument("--vip", action="append", required=True, type=_vip, help="VIP of the load balancer (repeatable)")
     k.add_argument(
         "--backend",
         action="append",
@@ -69,36 +82,76 @@ def add_parser(sub: Any) -> None:
         type=Path,
         default=[],
         metavar="PATH",
-        help="documents holding the Certificates/Acls the request references (checked if given)",
+        help="documents holding the Certificates/Acls the request references (checked if given; without it "
+        "unresolved references are warnings)",
     )
+    k.add_argument("--cert-dir", type=Path, help="the only directory CertFile/CertKeyFile of --with may name")
     k.add_argument("--into", type=Path, help="add the listener to this existing load-balancer document")
     k.add_argument("-o", "--output", type=Path, help="write the document here instead of standard output")
     k.add_argument("--json", action="store_true", help="print issues as JSON")
     k.set_defaults(run=run)
 
 
-def run(args: Any) -> int:
-    text = sys.stdin.read() if str(args.request) == "-" else args.request.read_text()
+def _read_into(path: Path) -> dict[str, Any]:
+    """The load-balancer document ``--into`` names, read with the same bounds as any document."""
     try:
-        params = parse_request(text)
+        found = parse_text(read_bounded(path, DEFAULT_SETTINGS.max_document_bytes).decode(), shown(path))
+    except DocumentError as exc:
+        raise ValueError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(getattr(exc, "strerror", None) or "not UTF-8 text") from None
     except ValueError as exc:
-        print(f"clbagent import: cannot read the request: {exc}", file=sys.stderr)
+        raise ValueError(parse_problem(exc)) from None
+    if len(found) != 1 or not isinstance(found[0][1], dict):
+        raise ValueError("it must hold one load-balancer document (a mapping)")
+    return found[0][1]
+
+
+def _read_request(path: Path) -> dict[str, str]:
+    if str(path) == "-":
+        return parse_request(sys.stdin.read(DEFAULT_SETTINGS.max_document_bytes))
+    try:
+        return parse_request(read_bounded(path, DEFAULT_SETTINGS.max_document_bytes).decode())
+    except DocumentError as exc:
+        raise ValueError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(getattr(exc, "strerror", None) or "not UTF-8 text") from None
+
+
+def _unresolved_as_warnings(issues: list[Issue]) -> list[Issue]:
+    """Without ``--with`` the referenced objects are simply not known here: say so, keep the document."""
+    return [
+        replace(i, severity="warning", message=f"{i.message} (give the document defining it with --with)")
+        if i.code in UNRESOLVED
+        else i
+        for i in issues
+    ]
+
+
+def run(args: Any) -> int:
+    try:
+        params = _read_request(args.request)
+    except (ValueError, RecursionError) as exc:
+        print(f"clbagent import: cannot read the request: {str(exc)[:200]}", file=sys.stderr)
         return EXIT_INVALID
-    with_docs, load_issues = load(args.with_paths)
+    with_docs, load_issues = load(args.with_paths, args.cert_dir)
     ctx = Context(vips=args.vip, backends=args.backend, domain=args.domain)
     for _, raw in with_docs:
         if isinstance(raw, dict):
             ctx.certificates.update({c.get("CertId"): c for c in raw.get("Certificates") or [] if isinstance(c, dict)})
             ctx.acls.update({a.get("AclId"): a for a in raw.get("Acls") or [] if isinstance(a, dict)})
     if args.into is not None:
-        ctx.existing = yaml.safe_load(args.into.read_text())
+        try:
+            ctx.existing = _read_into(args.into)
+        except ValueError as exc:
+            print(f"clbagent import: cannot use --into {shown(args.into)}: {exc}", file=sys.stderr)
+            return EXIT_INVALID
     doc, issues = convert(params, ctx)
     issues = load_issues + issues
     if doc is not None:
-        state = validate_documents(
-            [("imported", doc), *with_docs],
-        )
-        issues += [i for d in state.documents[:1] for i in d.issues]
+        state = validate_documents([("imported", doc), *with_docs])
+        found = [i for d in state.documents[:1] for i in d.issues]
+        issues += found if args.with_paths else _unresolved_as_warnings(found)
     print_issues(issues, args.json)
     if doc is None or any(i.severity == "error" for i in issues):
         return EXIT_INVALID
