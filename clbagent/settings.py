@@ -37,6 +37,11 @@ class Settings(BaseModel):
     max_targets_per_rule: int = Field(100, ge=1)
     max_customized_configs: int = Field(200, ge=1, description="C13: 200 or 100")
     cert_expiry_warning_days: int = Field(30, ge=0)
+    legacy_tls_default: bool = Field(
+        False,
+        description="HTTPS listeners naming no TLS policy get the documented CLB default (TLSv1-TLSv1.2 "
+        "with 3DES, T1923/T1955; OpenSSL security level 0) instead of TLS 1.2+ at the normal level",
+    )
     cert_dir: Path | None = Field(
         None,
         description="CertFile/CertKeyFile are read only inside this directory "
