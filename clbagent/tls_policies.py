@@ -1,16 +1,25 @@
-"""TLS policies: the five named policies, the documented defaults and what Debian's OpenSSL can do.
+"""TLS policies: the five named policies, the defaults and what this host's OpenSSL can do.
 
 Every cipher string the agent renders ends with the forced-off list (T1953). Debian 12's OpenSSL 3
 negotiates TLSv1.0/1.1 only at security level 0 and cannot negotiate DES-CBC3-SHA at all; both
 are handled here explicitly and reported as warnings instead of silently serving something else.
+A cipher string is judged by OpenSSL itself (the library nginx links): a string that selects no
+TLS 1.2 cipher would stop ``nginx -t`` for every tenant, so it is refused.
+
+The default for a listener that names no policy is TLS 1.2 and 1.3 at OpenSSL's normal security
+level. The documented CLB default (TLSv1-TLSv1.2 with 3DES, T1923/T1955), which needs security
+level 0, is the ``legacy_tls_default`` agent setting.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
+from functools import cache
 
 FORCED_OFF = ("!aNULL", "!eNULL", "!EXPORT", "!DES", "!RC4", "!MD5", "!PSK", "!DHE")
 DEFAULT_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2")
+SECURE_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
 # T1955, verbatim but for its trailing ';' (a statement terminator, not a cipher).
 DEFAULT_CIPHERS = (
     "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
@@ -101,16 +110,36 @@ CIPHER_TOKENS = frozenset(
 )
 UNSERVABLE = frozenset({"DES-CBC3-SHA", "3DES"})
 LEGACY = frozenset({"TLSv1", "TLSv1.1"})
+# The documented cipher list without what OpenSSL 3 cannot negotiate at its normal level.
+SECURE_CIPHERS = tuple(c for c in DEFAULT_CIPHERS.split(":") if c not in UNSERVABLE)
 
 
 @dataclass(frozen=True)
 class TlsSettings:
-    """What one HTTPS server renders: ``ssl_protocols``, ``ssl_ciphers`` and TLS 1.3 suites."""
+    """What one HTTPS server renders: ``ssl_protocols``, ``ssl_ciphers`` and TLS 1.3 suites.
+    ``error`` is set when OpenSSL cannot serve the combination at all."""
 
     protocols: tuple[str, ...]
     ciphers: str
     tls13_suites: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    error: str | None = None
+
+    @property
+    def legacy(self) -> bool:
+        """TLSv1/TLSv1.1 enabled, hence OpenSSL security level 0 (weak keys of any size accepted)."""
+        return bool(LEGACY.intersection(self.protocols))
+
+
+@cache
+def openssl_refuses(ciphers: str) -> str | None:
+    """OpenSSL's verdict on a TLS 1.2 cipher string: None when it selects at least one cipher."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.set_ciphers(ciphers)
+    except ssl.SSLError:
+        return "the cipher list selects no TLS 1.2 cipher this host's OpenSSL knows"
+    return None
 
 
 def resolve(protocols: tuple[str, ...], ciphers: tuple[str, ...], tls13: tuple[str, ...] = ()) -> TlsSettings:
@@ -130,11 +159,17 @@ def resolve(protocols: tuple[str, ...], ciphers: tuple[str, ...], tls13: tuple[s
             f"{' and '.join(legacy)} enabled: OpenSSL security level lowered to 0 for this server so that "
             "these versions can be negotiated"
         )
-    return TlsSettings(tuple(protocols), text, tuple(tls13), tuple(warnings))
+    refused = openssl_refuses(text)
+    if refused and set(protocols) == {"TLSv1.3"}:
+        refused += " (a TLS 1.3-only policy cannot be served: nginx needs a TLS 1.2 cipher list that matches)"
+    return TlsSettings(tuple(protocols), text, tuple(tls13), tuple(warnings), refused)
 
 
-def default_tls() -> TlsSettings:
-    return resolve(DEFAULT_PROTOCOLS, tuple(DEFAULT_CIPHERS.split(":")))
+def default_tls(legacy: bool = False) -> TlsSettings:
+    """The settings of a listener that names no policy (``legacy``: the documented CLB default)."""
+    if legacy:
+        return resolve(DEFAULT_PROTOCOLS, tuple(DEFAULT_CIPHERS.split(":")))
+    return resolve(SECURE_PROTOCOLS, SECURE_CIPHERS)
 
 
 def named(policy: str) -> TlsSettings | None:

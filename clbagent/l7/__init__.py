@@ -2,7 +2,16 @@
 
 from .compile import DEFAULT_PREFIX, NginxConfig, compile_nginx
 from .names import down_key
-from .prefix import write_prefix
+from .prefix import PrefixError, write_prefix
 from .quote import UnsafeTextError, quote
 
-__all__ = ["DEFAULT_PREFIX", "NginxConfig", "UnsafeTextError", "compile_nginx", "down_key", "quote", "write_prefix"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "NginxConfig",
+    "PrefixError",
+    "UnsafeTextError",
+    "compile_nginx",
+    "down_key",
+    "quote",
+    "write_prefix",
+]

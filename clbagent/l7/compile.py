@@ -3,7 +3,7 @@
 Layout of the result (paths relative to the nginx prefix):
 ``nginx.conf`` (global settings, includes ``conf.d/*.conf``), ``conf.d/<LoadBalancerId>.conf`` (the
 maps, upstreams and servers of one load balancer, so that a change to one rewrites one file),
-``certs/<CertId>.crt|.key`` and ``certs/<CertId>.ca.crt`` (written once per certificate, shared).
+``certs/<CertId>.crt|.key`` and ``ca/<CertId>.crt`` (written once per certificate, shared).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from clbagent.validate import DesiredState
 from clbagent.validate.catalog import Catalog
 
 from . import names
-from .headers import DEFAULT_PROXY_HEADERS
+from .headers import CONNECTION_UPGRADE, DEFAULT_PROXY_HEADERS
 from .personalized import personalized_for
 from .quote import UnsafeTextError
 from .redirects import auto_redirects, manual_redirects
 from .render import render
+from .server_tls import TlsRefusedError
 from .servers import LbContext, auto_listener_servers, listener_servers
 from .upstreams import place_in_zone
 
@@ -44,6 +45,7 @@ GZIP_TYPES = [
     "text/plain",
     "text/x-component",
 ]
+PROTOCOL_TYPE = names.variable("protocol_type")  # http, https, http2, ws or wss
 # Digest §4.4 record fields. $ssl_handshake_time does not exist in nginx 1.22 and vip_vpcid has no
 # meaning on a plain host; both are left out.
 LOG_FIELDS = (
@@ -59,7 +61,7 @@ LOG_FIELDS = (
     ("bytes_sent", "$bytes_sent"),
     ("request_length", "$request_length"),
     ("request_time", "$request_time"),
-    ("protocol_type", "$clb_protocol_type"),
+    ("protocol_type", PROTOCOL_TYPE),
     ("upstream_addr", "$upstream_addr"),
     ("upstream_status", "$upstream_status"),
     ("upstream_connect_time", "$upstream_connect_time"),
@@ -94,14 +96,19 @@ def main_conf(prefix: str, worker_shutdown_timeout: str = "60s") -> str:
         proxy_headers=DEFAULT_PROXY_HEADERS,
         gzip_types=GZIP_TYPES,
         log_fields=LOG_FIELDS,
+        protocol_type=PROTOCOL_TYPE,
+        connection_upgrade=CONNECTION_UPGRADE,
     )
 
 
 def compile_lb(
-    lb: LoadBalancer, catalog: Catalog, down: frozenset[str], secret: bytes
+    lb: LoadBalancer, catalog: Catalog, down: frozenset[str], secret: bytes, *, legacy_tls: bool = False
 ) -> tuple[str, dict[str, str], list[Issue]]:
-    """The include file of one load balancer, the certificate files it uses, its warnings."""
-    ctx = LbContext(lb, catalog, personalized_for(lb, catalog), down, secret, manual_redirects(lb))
+    """The include file of one load balancer, the certificate files it uses, its warnings.
+
+    Raises ``UnsafeTextError`` or ``TlsRefusedError`` when the load balancer cannot be served."""
+    pers = personalized_for(lb, catalog)
+    ctx = LbContext(lb, catalog, pers, down, secret, manual_redirects(lb), legacy_tls)
     auto = auto_redirects(lb)
     servers = []
     http80 = next((lis for lis in lb.listeners if lis.protocol == "HTTP" and lis.port == 80), None)
@@ -138,9 +145,14 @@ def compile_nginx(
         if all(lis.is_l4 for lis in lb.listeners):
             continue
         try:
-            text, lb_files, lb_warnings = compile_lb(lb, state.catalog, down, secret)
+            text, lb_files, lb_warnings = compile_lb(
+                lb, state.catalog, down, secret, legacy_tls=state.settings.legacy_tls_default
+            )
         except UnsafeTextError as exc:
             warnings.append(Issue(lb_id, Code.FORMAT_ERROR, f"not rendered, unsafe text: {exc}"))
+            continue
+        except TlsRefusedError as exc:
+            warnings.append(Issue(f"{lb_id}/{exc.path}", exc.code, f"not rendered: {exc}"))
             continue
         files[names.lb_file(lb_id)] = text
         files.update(lb_files)

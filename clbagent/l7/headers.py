@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from clbagent.model import Listener, Rule
 
+from . import names
 from .personalized import Personalized
 
+# "upgrade" when the client asked for a protocol upgrade (WebSocket), else empty (keep-alive).
+CONNECTION_UPGRADE = names.variable("connection_upgrade")
 # (header, value). Values are nginx expressions chosen here, not user text.
 DEFAULT_PROXY_HEADERS: tuple[tuple[str, str], ...] = (
     ("Host", "$host"),
@@ -20,7 +23,8 @@ DEFAULT_PROXY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Client-Proto", "$scheme"),
     ("X-Real-Port", "$remote_port"),
     ("X-Forwarded-Port", "$server_port"),
-    ("Connection", ""),
+    ("Upgrade", "$http_upgrade"),
+    ("Connection", CONNECTION_UPGRADE),
 )
 
 

@@ -2,31 +2,50 @@
 
 Only files whose content changed are rewritten (atomically: temporary file + rename), so a change
 to one load balancer touches one file. Files of load balancers or certificates that are gone are
-removed. Certificates and keys are 0600 in a 0700 directory.
+removed. Certificates and keys are 0600 in 0700 directories. The directories the agent manages
+must be real directories: a symlinked ``certs/`` would send private keys wherever it points, so
+it is refused (``PrefixError``) and nothing is written through it; a symlink found in place of a
+file is replaced, never followed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from pathlib import Path
 
 from .compile import NginxConfig
 
 RUNTIME_DIRS = ("logs", "run", "tmp")
-MANAGED_DIRS = ("conf.d", "certs")
+MANAGED_DIRS = {"conf.d": 0o755, "certs": 0o700, "ca": 0o700}
+
+
+class PrefixError(Exception):
+    """The output directory cannot hold a prefix (not a directory, symlinked managed directory)."""
+
+
+def _same(path: Path, data: bytes) -> bool:
+    """Whether ``path`` is a regular file (not a symlink) holding exactly ``data``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        return f.read(len(data) + 1) == data
 
 
 def _write(path: Path, text: str, mode: int) -> bool:
     data = text.encode()
-    try:
-        if path.read_bytes() == data:
-            if path.stat().st_mode & 0o777 != mode:
-                path.chmod(mode)
-            return False
-    except FileNotFoundError:
-        pass
+    if _same(path, data):
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+        return False
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(tmp, mode)
@@ -34,24 +53,37 @@ def _write(path: Path, text: str, mode: int) -> bool:
     return True
 
 
+def _directory(path: Path, mode: int | None = None) -> None:
+    """Create ``path`` or check that it is a real directory (never a symlink)."""
+    with contextlib.suppress(FileExistsError, NotADirectoryError):
+        path.mkdir(mode=mode or 0o755, exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise PrefixError(f"{path} must be a directory, not a file or a symbolic link")
+    if mode is not None:
+        path.chmod(mode)
+
+
 def write_prefix(cfg: NginxConfig, out: Path) -> list[str]:
     """Write ``cfg`` under ``out``; returns the relative paths that were (re)written or removed."""
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise PrefixError(f"{out} is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PrefixError(f"cannot create {out}: {exc.strerror}") from None
     for name in RUNTIME_DIRS:
-        (out / name).mkdir(exist_ok=True)
-    (out / "conf.d").mkdir(exist_ok=True)
-    certs = out / "certs"
-    certs.mkdir(mode=0o700, exist_ok=True)
-    certs.chmod(0o700)
+        _directory(out / name)
+    for name, mode in MANAGED_DIRS.items():
+        _directory(out / name, mode)
     changed = []
     for rel, text in cfg.files.items():
-        mode = 0o600 if rel.startswith("certs/") else 0o644
+        mode = 0o644 if rel == "nginx.conf" or rel.startswith("conf.d/") else 0o600
         if _write(out / rel, text, mode):
             changed.append(rel)
     for name in MANAGED_DIRS:
         for path in sorted((out / name).iterdir()):
             rel = f"{name}/{path.name}"
-            if rel not in cfg.files and path.is_file():
+            if rel not in cfg.files and (path.is_symlink() or path.is_file()):
                 path.unlink()
                 changed.append(rel)
     return changed

@@ -1,17 +1,33 @@
 """TLS of one HTTPS listener or domain: which policy applies, which certificate files it uses.
 
 Policy precedence: the listener's ``TLSCipherPolicy`` (named or a custom ``TLSPolicies`` entry),
-then the bound personalized config's ``ssl_protocols``/``ssl_ciphers``, then the documented
-defaults. Every result carries the forced-off list and the OpenSSL warnings of ``clbagent.tls_policies``.
+then the bound personalized config's ``ssl_protocols``/``ssl_ciphers``, then the default (TLS 1.2+,
+or the documented CLB default with the ``legacy_tls_default`` setting). Every result carries the
+forced-off list and the OpenSSL warnings of ``clbagent.tls_policies``.
+
+Mutual TLS and TLSv1/TLSv1.1 do not mix: OpenSSL 3 negotiates those versions only at security
+level 0, where certificate verification also accepts client keys of any size (RSA 768). An
+explicit policy asking for both is refused (``TlsRefusedError``); the legacy default does not apply to
+mutual-TLS listeners, which keep TLS 1.2+.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clbagent.errors import Code
 from clbagent.model import Certificate, CertificateInput, Listener
 from clbagent.personalized_config import Directive
-from clbagent.tls_policies import DEFAULT_CIPHERS, DEFAULT_PROTOCOLS, TlsSettings, default_tls, named, resolve
+from clbagent.tls_policies import (
+    DEFAULT_CIPHERS,
+    DEFAULT_PROTOCOLS,
+    SECURE_CIPHERS,
+    SECURE_PROTOCOLS,
+    TlsSettings,
+    default_tls,
+    named,
+    resolve,
+)
 from clbagent.validate.catalog import Catalog
 
 from . import names
@@ -29,8 +45,21 @@ class TlsBlock:
     verify_depth: int
 
 
-def listener_policy(lis: Listener, catalog: Catalog, personalized: list[Directive]) -> tuple[TlsSettings, str]:
-    """Resolved settings and the field they came from (for warning paths)."""
+class TlsRefusedError(ValueError):
+    """A TLS setting OpenSSL cannot serve safely or at all; the load balancer is not rendered."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.code = Code.INVALID_PARAMETER
+        super().__init__(message)
+
+
+def is_mutual(lis: Listener) -> bool:
+    slots = [lis.certificate, *(r.certificate for r in lis.rules or [])]
+    return any(s is not None and s.ssl_mode == "MUTUAL" for s in slots)
+
+
+def _explicit(lis: Listener, catalog: Catalog, personalized: list[Directive], legacy: bool) -> tuple[TlsSettings, str]:
     if lis.tls_cipher_policy:
         found = named(lis.tls_cipher_policy)
         if found is not None:
@@ -40,11 +69,31 @@ def listener_policy(lis: Listener, catalog: Catalog, personalized: list[Directiv
         tls13 = tuple(c for c in custom.ciphers if c.startswith("TLS_"))
         return resolve(tuple(custom.tls_versions), tls12, tls13), lis.at("TLSCipherPolicy")
     given = {d.name: d.args for d in personalized if d.name in ("ssl_protocols", "ssl_ciphers")}
-    if given:
-        protocols = given.get("ssl_protocols", DEFAULT_PROTOCOLS)
-        ciphers = given.get("ssl_ciphers", (DEFAULT_CIPHERS,))[0].split(":")
-        return resolve(tuple(protocols), tuple(ciphers)), "ConfigId"
-    return default_tls(), lis.at("Protocol")
+    protocols = given.get("ssl_protocols", DEFAULT_PROTOCOLS if legacy else SECURE_PROTOCOLS)
+    ciphers = given["ssl_ciphers"][0].split(":") if "ssl_ciphers" in given else None
+    chosen = ciphers or (DEFAULT_CIPHERS.split(":") if legacy else SECURE_CIPHERS)
+    return resolve(tuple(protocols), tuple(chosen)), "ConfigId"
+
+
+def listener_policy(
+    lis: Listener, catalog: Catalog, personalized: list[Directive], legacy_default: bool = False
+) -> tuple[TlsSettings, str]:
+    """Resolved settings and the field they came from (for warning paths). Raises ``TlsRefusedError``."""
+    mutual = is_mutual(lis)
+    legacy = legacy_default and not mutual
+    if lis.tls_cipher_policy or any(d.name in ("ssl_protocols", "ssl_ciphers") for d in personalized):
+        settings, where = _explicit(lis, catalog, personalized, legacy)
+    else:
+        settings, where = default_tls(legacy), lis.at("Protocol")
+    if settings.error:
+        raise TlsRefusedError(where, f"listener {lis.id}: {settings.error}")
+    if mutual and settings.legacy:
+        raise TlsRefusedError(
+            where,
+            f"listener {lis.id} verifies client certificates, which needs TLS 1.2 or later: OpenSSL accepts "
+            "TLSv1/TLSv1.1 only at security level 0, where client keys of any size (RSA 768) pass",
+        )
+    return settings, where
 
 
 def _pem(text: str) -> str:

@@ -39,6 +39,7 @@ class LbContext:
     down: frozenset[str]
     secret: bytes
     manual: dict[str, tuple[str, str]]
+    legacy_tls: bool = False  # the legacy_tls_default setting
     pools: list[Pool] = field(default_factory=list)
     geos: list[MapBlock] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
@@ -84,7 +85,7 @@ def _access(ctx: LbContext, lis: Listener) -> str | None:
         return None
     acl = ctx.catalog.acls[lis.acl_id]
     listed, rest = ("0", "1") if lis.acl_type == "white" else ("1", "0")
-    var = f"$clb_acl_{names.token(lis.id)}_{names.digest(ctx.lb.id, lis.id)}"
+    var = names.variable("acl", ctx.lb.id, lis.id, lis.path)
     entries = tuple((str(e.entry), listed) for e in acl.acl_entries)
     ctx.geos.append(MapBlock("$remote_addr", var, rest, entries, kind="geo"))
     return var
@@ -142,14 +143,14 @@ def listener_servers(ctx: LbContext, lis: Listener, auto: list[AutoRedirect]) ->
         ctx.warn(
             lis.at("Rules"),
             Code.INVALID_PARAMETER,
-            f"HTTP/2 is a property of the listen socket in nginx 1.22: every domain of listener {lis.id} "
+            "HTTP/2 is a property of the listen socket in nginx 1.22: every domain of this listener "
             "negotiates h2, including those with Http2 off",
         )
     policy = None
     if https:
-        policy, where = server_tls.listener_policy(lis, ctx.catalog, ctx.personalized.directives)
+        policy, where = server_tls.listener_policy(lis, ctx.catalog, ctx.personalized.directives, ctx.legacy_tls)
         for message in policy.warnings:
-            ctx.warn(where, Code.UNSUPPORTED_OPERATION, f"listener {lis.id}: {message}")
+            ctx.warn(where, Code.UNSUPPORTED_OPERATION, message)
     default_domain = next((r.domain for r in rules if r.default_server), None)
     if lis.default_ser_switch and default_domain is None and groups:
         default_domain = next(iter(groups))  # "the first domain loaded" (T2010)
