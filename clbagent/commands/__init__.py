@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clbagent.errors import Issue
 from clbagent.loader import load
 from clbagent.settings import Settings, SettingsError
 from clbagent.validate import DesiredState, validate_documents
 
+if TYPE_CHECKING:
+    from clbagent.l4 import IpvsPlan
+    from clbagent.l7 import NginxConfig
+
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_REFUSED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+SHOWN_PATHS = 3  # paths shown for a repeated warning in text output
 
 
 def add_state_arguments(parser: Any) -> None:
@@ -39,10 +44,40 @@ def read_state(args: Any) -> tuple[DesiredState, list[Issue]]:
     return state, load_issues
 
 
+def compile_state(state: DesiredState, prefix: str | None = None) -> tuple[NginxConfig, IpvsPlan]:
+    """Run both compilers on the valid load balancers. ``validate`` runs them too, so that it
+    reports every warning (and every refusal) ``render`` would."""
+    from clbagent.l4 import plan_ipvs
+    from clbagent.l7 import compile_nginx
+
+    nginx = compile_nginx(state) if prefix is None else compile_nginx(state, prefix=prefix)
+    return nginx, plan_ipvs(state)
+
+
+def summarise(issues: list[Issue], shown: int = SHOWN_PATHS) -> list[str]:
+    """Text lines for people: errors one per line; identical warnings (same code and message) at
+    different paths as one line with their count and the first ``shown`` paths."""
+    groups: dict[object, list[Issue]] = {}
+    for n, issue in enumerate(issues):
+        key = n if issue.severity == "error" else (issue.code, issue.message)
+        groups.setdefault(key, []).append(issue)
+    out = []
+    for same in groups.values():
+        first = same[0]
+        if len(same) == 1:
+            out.append(str(first))
+            continue
+        paths = ", ".join(i.path for i in same[:shown])
+        more = f" and {len(same) - shown} more" if len(same) > shown else ""
+        out.append(f"warning: {first.code}: {paths}{more} ({len(same)} times): {first.message}")
+    return out
+
+
 def print_issues(issues: list[Issue], as_json: bool) -> None:
+    """``as_json``: every issue on standard output; else a summary (see ``summarise``) on stderr."""
     if as_json:
         json.dump([i.to_dict() for i in issues], sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
         return
-    for issue in issues:
-        print(issue, file=sys.stderr)
+    for line in summarise(issues):
+        print(line, file=sys.stderr)

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, print_issues, read_state
+from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, compile_state, print_issues, read_state
+
+REDACTED = "(private key: never printed)"
 
 
 def add_parser(sub: Any) -> None:
@@ -16,7 +18,8 @@ def add_parser(sub: Any) -> None:
         help="show the nginx configuration and IPVS table the documents compile to",
         description="Compile the valid documents (invalid ones are reported and left out) into nginx "
         "configuration for HTTP/HTTPS and an IPVS table for TCP/UDP. Nothing on the host is changed. "
-        "Exit 0 when every document is valid, 2 otherwise (the valid ones are still rendered).",
+        "Exit 0 when every document is valid, 2 otherwise (the valid ones are still rendered). "
+        "Private keys are written by --out only: they are never printed.",
     )
     add_state_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="print what would be applied (the default)")
@@ -30,35 +33,39 @@ def add_parser(sub: Any) -> None:
         "--format",
         choices=("text", "nginx", "ipvsadm", "json"),
         default="text",
-        help="text: everything; nginx: nginx files; ipvsadm: rules for 'ipvsadm -R'; json: all as JSON",
+        help="text: everything; nginx: nginx files; ipvsadm: rules for 'ipvsadm -R'; "
+        "json: all as JSON (certificate files included, private keys replaced by a note)",
     )
     p.set_defaults(run=run)
 
 
 def run(args: Any) -> int:
-    from clbagent.l4 import plan_ipvs
-    from clbagent.l7 import compile_nginx, write_prefix
+    from clbagent.l7 import PrefixError, write_prefix
 
     state, load_issues = read_state(args)
-    prefix = {"prefix": str(args.out.resolve())} if args.out is not None else {}
-    nginx = compile_nginx(state, **prefix)
-    ipvs = plan_ipvs(state)
+    nginx, ipvs = compile_state(state, None if args.out is None else str(args.out.resolve()))
     issues = load_issues + state.issues + nginx.warnings + ipvs.warnings
     if args.out is not None:
-        write_prefix(nginx, args.out)
+        try:
+            write_prefix(nginx, args.out)
+        except (PrefixError, OSError) as exc:
+            print(f"clbagent render: cannot write the prefix: {exc}", file=sys.stderr)
+            return EXIT_INVALID
     if args.format == "json":
+        files = {path: REDACTED if path.endswith(".key") else text for path, text in nginx.files.items()}
         errors = [i.to_dict() for i in issues]
-        json.dump({"nginx": nginx.files, "ipvs": ipvs.to_dict(), "issues": errors}, sys.stdout, indent=2)
+        json.dump({"nginx": files, "ipvs": ipvs.to_dict(), "issues": errors}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print_issues(issues, False)
         if args.format in ("text", "nginx") and args.out is None:
             for path, text in sorted(nginx.files.items()):
-                if not path.startswith("certs/"):
+                if path.startswith("conf.d/") or path == "nginx.conf":
                     sys.stdout.write(f"# ==> {path} <==\n{text}\n")
-        if args.format == "text":
+        table = ipvs.to_ipvsadm()
+        if args.format == "text" and table:
             sys.stdout.write("# ==> IPVS table (ipvsadm -R rules) <==\n")
         if args.format in ("text", "ipvsadm"):
-            sys.stdout.write(ipvs.to_ipvsadm())
+            sys.stdout.write(table)
     bad = any(i.severity == "error" for i in issues)
     return EXIT_INVALID if bad else EXIT_OK

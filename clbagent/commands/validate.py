@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, print_issues, read_state
+from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, compile_state, print_issues, read_state
 from clbagent.loader import load
 from clbagent.validate import check_transition, validate_documents
 
@@ -16,8 +16,10 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "validate",
         help="check desired-state documents",
-        description="Validate documents. Exit 0 when every document is valid, 2 when any has an error. "
-        "Errors print as 'Code: path: message'; warnings do not change the exit code.",
+        description="Validate documents and compile them as render would, reporting every warning and "
+        "refusal of the compilers too. Exit 0 when every document is valid, 2 when any has an error. "
+        "Errors print as 'Code: path: message'; identical warnings are summarised on one line with their "
+        "count (--json lists each); warnings do not change the exit code.",
     )
     add_state_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of {code, path, message, severity}")
@@ -36,7 +38,8 @@ def run(args: Any) -> int:
     if args.previous:
         docs, _ = load(args.previous)
         check_transition(validate_documents(docs, state.settings), state)
-    issues = load_issues + state.issues
+    nginx, ipvs = compile_state(state)
+    issues = load_issues + state.issues + nginx.warnings + ipvs.warnings
     print_issues(issues, args.json)
     bad = [i for i in issues if i.severity == "error"]
     if not args.json:
