@@ -7,6 +7,7 @@ end a directive or interpolate an nginx variable where it is not meant to.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from pydantic import ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from clbagent.errors import Code
+from clbagent.model.regex import RegexError, check_regex
 from clbagent.settings import DEFAULT_SETTINGS, Settings
 
 # Characters the documents forbid inside a regex domain or URL (T1419, T1992, T2029). The
@@ -61,7 +63,7 @@ class Url:
         return {"exact": "=", "prefix_stop": "^~", "regex": "~", "regex_nocase": "~*", "prefix": ""}[self.kind]
 
 
-def _check_regex(pattern: str, what: str, flags: int = 0) -> None:
+def _check_regex(pattern: str, what: str, caseless: bool) -> None:
     if not pattern:
         raise fail(Code.FORMAT_ERROR, f"{what} regex is empty after its '~' marker")
     bad = sorted({c for c in pattern if c in REGEX_FORBIDDEN})
@@ -71,17 +73,19 @@ def _check_regex(pattern: str, what: str, flags: int = 0) -> None:
     if not pattern.isascii():
         raise fail(Code.FORMAT_ERROR, f"{what} regex must be ASCII")
     try:
-        re.compile(pattern, flags)
-    except re.error as exc:
-        raise fail(Code.FORMAT_ERROR, f"{what} regex does not compile: {exc}") from None
+        check_regex(pattern, caseless)
+    except RegexError as exc:
+        raise fail(Code.FORMAT_ERROR, f"{what} regex is refused: {exc}") from None
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_domain(value: str, settings: Settings = DEFAULT_SETTINGS) -> Domain:
-    """Classify a rule domain (exact, one-`*` wildcard, or `~` regex) or raise a CLB error."""
+    """Classify a rule domain (exact, one-`*` wildcard, or `~` regex) or raise a CLB error.
+    nginx matches server_name regexes caselessly."""
     if not 1 <= len(value) <= settings.domain_max_length:
         raise fail(Code.LENGTH, f"domain must be 1-{settings.domain_max_length} characters long")
     if value.startswith("~"):
-        _check_regex(value[1:], "domain")
+        _check_regex(value[1:], "domain", caseless=True)
         return Domain("regex", value)
     if value != value.lower():
         raise fail(Code.FORMAT_ERROR, "domain must be lower case (only a-z, 0-9, '.', '-' are allowed)")
@@ -105,6 +109,7 @@ def parse_domain(value: str, settings: Settings = DEFAULT_SETTINGS) -> Domain:
     return Domain(kind, value)
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_url(value: str, settings: Settings = DEFAULT_SETTINGS) -> Url:
     """Classify a rule URL by its nginx location modifier (`=`, `^~`, `~`, `~*`, prefix)."""
     if not 1 <= len(value) <= settings.url_max_length:
@@ -113,7 +118,7 @@ def parse_url(value: str, settings: Settings = DEFAULT_SETTINGS) -> Url:
         if value.startswith(mark):
             rest = value[len(mark) :]
             if kind in ("regex", "regex_nocase"):
-                _check_regex(rest, "URL", re.IGNORECASE if kind == "regex_nocase" else 0)
+                _check_regex(rest, "URL", caseless=kind == "regex_nocase")
             else:
                 _check_plain_url(rest)
             return Url(kind, rest)  # type: ignore[arg-type]
