@@ -1,0 +1,178 @@
+"""The agent's side of nginx's dynamic upstreams (docs/dynamic-upstreams.md).
+
+Members, weights and down flags of each rule's upstream live in nginx's shared memory; the agent
+changes them per upstream over the control channel, a root-only unix socket of the prefix
+(``run/ctl.sock``), with no reload. The same JSON shape is the prefix's data file
+(``upstreams.json``) that nginx loads at start, so a rendered prefix serves without the agent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+SOCKET = "run/ctl.sock"  # relative to the prefix
+DATA_FILE = "upstreams.json"  # relative to the prefix
+BATCH_BYTES = 256 * 1024  # one PUT stays well under the channel's client_max_body_size
+METHODS = ("wrr", "least_conn", "ip_hash")
+
+
+@dataclass(frozen=True)
+class Member:
+    endpoint: str  # "10.0.0.1:80" or "[2001:db8::1]:80"
+    weight: int  # 0-100, 0 = no traffic
+    down: bool = False  # marked down by health checking
+    sid: str | None = None  # cookie value naming this member (sticky upstreams)
+
+
+@dataclass(frozen=True)
+class Sticky:
+    cookie: str
+    max_age: int
+
+
+@dataclass(frozen=True)
+class Upstream:
+    members: tuple[Member, ...]
+    method: str = "wrr"
+    sticky: Sticky | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "members": [_member_json(m) for m in self.members]}
+        if self.sticky:
+            out["sticky"] = {"cookie": self.sticky.cookie, "max_age": self.sticky.max_age}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Upstream:
+        sticky = data.get("sticky")
+        members = tuple(
+            Member(m["endpoint"], m["weight"], m.get("down", False), m.get("sid"))
+            for m in data.get("members") or ()  # nginx's cjson writes an empty list as {}
+        )
+        return cls(members, data.get("method", "wrr"), Sticky(sticky["cookie"], sticky["max_age"]) if sticky else None)
+
+
+def _member_json(m: Member) -> dict[str, Any]:
+    out: dict[str, Any] = {"endpoint": m.endpoint, "weight": m.weight, "down": m.down}
+    if m.sid is not None:
+        out["sid"] = m.sid
+    return out
+
+
+def render_data_file(upstreams: Mapping[str, Upstream]) -> str:
+    """``upstreams.json`` of a prefix: byte-deterministic (sorted keys, members in given order)."""
+    doc = {"upstreams": {name: upstreams[name].to_json() for name in sorted(upstreams)}}
+    return json.dumps(doc, sort_keys=True, indent=1) + "\n"
+
+
+@dataclass(frozen=True)
+class Held:
+    """What nginx holds: ``instance`` changes when its shared memory was recreated empty."""
+
+    instance: str
+    upstreams: dict[str, Upstream]
+    versions: dict[str, int] = field(default_factory=dict)
+    active: dict[str, dict[str, int]] = field(default_factory=dict)  # upstream → endpoint → connections
+
+
+class ChannelError(Exception):
+    """nginx refused a request (``status``, and the offending field ``path``) or did not answer."""
+
+    def __init__(self, status: int, message: str, path: str = ""):
+        super().__init__(f"{status} {path}: {message}" if path else f"{status}: {message}")
+        self.status, self.message, self.path = status, message, path
+
+
+def differences(sent: Mapping[str, Upstream], held: Held) -> list[str]:
+    """Plain sentences for every upstream nginx holds differently from what was sent."""
+    out = []
+    for name in sorted(sent):
+        have = held.upstreams.get(name)
+        if have is None:
+            out.append(f"upstream {name}: nginx holds nothing")
+        elif have != sent[name]:
+            out.append(f"upstream {name}: nginx holds {have.to_json()}, sent {sent[name].to_json()}")
+    return out
+
+
+def _batches(upstreams: Mapping[str, Upstream]) -> Iterator[dict[str, Any]]:
+    batch: dict[str, Any] = {}
+    size = 0
+    for name in sorted(upstreams):
+        body = upstreams[name].to_json()
+        n = len(json.dumps(body)) + len(name)
+        if batch and size + n > BATCH_BYTES:
+            yield batch
+            batch, size = {}, 0
+        batch[name], size = body, size + n
+    if batch:
+        yield batch
+
+
+class UpstreamsChannel:
+    """HTTP over the unix socket of one nginx prefix."""
+
+    def __init__(self, socket_path: Path | str, timeout: float = 5.0):
+        transport = httpx.HTTPTransport(uds=str(socket_path))
+        self._http = httpx.Client(transport=transport, base_url="http://nginx", timeout=timeout)
+
+    @classmethod
+    def of_prefix(cls, prefix: Path, timeout: float = 5.0) -> UpstreamsChannel:
+        return cls(prefix / SOCKET, timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> UpstreamsChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        try:
+            resp = self._http.request(method, path, json=body)
+        except httpx.HTTPError as e:
+            raise ChannelError(0, f"nginx control channel: {e}") from e
+        try:
+            data = resp.json()
+        except ValueError as e:
+            raise ChannelError(resp.status_code, "nginx control channel answered no JSON") from e
+        return resp.status_code, data
+
+    def send(self, upstreams: Mapping[str, Upstream]) -> dict[str, int]:
+        """Replace these upstreams in nginx (in batches); their new versions by name."""
+        versions: dict[str, int] = {}
+        for batch in _batches(upstreams):
+            status, data = self._call("PUT", "/upstreams", {"upstreams": batch})
+            if status != 200:
+                raise ChannelError(status, data.get("error", ""), data.get("path", ""))
+            versions.update(data["versions"])
+        return versions
+
+    def delete(self, name: str) -> bool:
+        """Remove one upstream; False when nginx held none by that name."""
+        status, data = self._call("DELETE", f"/upstreams/{name}")
+        if status == 404:
+            return False
+        if status != 200:
+            raise ChannelError(status, data.get("error", ""), data.get("path", ""))
+        return True
+
+    def held(self) -> Held:
+        status, data = self._call("GET", "/upstreams")
+        if status != 200:
+            raise ChannelError(status, data.get("error", ""), data.get("path", ""))
+        raw = data.get("upstreams") or {}
+        return Held(
+            instance=data["instance"],
+            upstreams={n: Upstream.from_json(u) for n, u in raw.items()},
+            versions={n: u["version"] for n, u in raw.items()},
+            active={n: {m["endpoint"]: m.get("active", 0) for m in u.get("members") or ()} for n, u in raw.items()},
+        )

@@ -1,0 +1,145 @@
+--- The request side: picks the member of an upstream for each try of a request
+--- (balancer_by_lua), sets the persistence cookie of the member that answered
+--- (header_filter_by_lua) and counts active connections per member across workers
+--- (clb_conns shared dict; +1 when a try starts, -1 when it ends).
+---
+--- Each worker caches the per-worker form of every upstream it served (clb.peers) with the
+--- version it was built from; one shared-dict get per request tells whether the version moved.
+local ngx_balancer = require("ngx.balancer")
+local peers = require("clb.peers")
+local store = require("clb.store")
+local wrr = require("clb.wrr")
+local leastconn = require("clb.leastconn")
+local iphash = require("clb.iphash")
+
+local ngx = ngx
+local set_current_peer, set_more_tries = ngx_balancer.set_current_peer, ngx_balancer.set_more_tries
+
+local M = {}
+
+local NO_LIVE_UPSTREAMS = -3 -- NGX_BUSY: nginx answers 502 and logs "no live upstreams"
+local cache = {}
+local shm, conns
+
+local function dicts()
+  shm = store.new(ngx.shared.clb_upstreams)
+  conns = ngx.shared.clb_conns
+end
+
+--- The per-worker form of upstream ``name`` at its current version, or nil when nginx holds none.
+function M.upstream(name)
+  if not shm then
+    dicts()
+  end
+  local version = shm:version(name)
+  local up = cache[name]
+  if up and up.version == version then
+    return up
+  end
+  if not version then
+    cache[name] = nil
+    return nil
+  end
+  local upstream
+  upstream, version = shm:read(name)
+  if not upstream then
+    return nil
+  end
+  up = peers.build(name, upstream, version)
+  cache[name] = up
+  return up
+end
+
+local function active(peer)
+  return conns:get(peer.ckey) or 0
+end
+
+local function pick(up, st)
+  local tried = st.tried
+  if not tried and up.cookie_var then
+    local sid = ngx.var[up.cookie_var]
+    local pinned = sid and up.by_sid[sid]
+    if pinned and pinned.usable then
+      return pinned
+    end
+  end
+  local method = up.method
+  if method == "least_conn" then
+    return leastconn.pick(up.peers, tried, active)
+  elseif method == "ip_hash" then
+    local peer
+    peer, st.hash = iphash.pick(up, ngx.var.binary_remote_addr, tried, st.hash)
+    return peer
+  end
+  return wrr.pick(up.peers, tried)
+end
+
+local function release(peer)
+  local n = conns:incr(peer.ckey, -1)
+  if n and n < 0 then
+    conns:set(peer.ckey, 0)
+  end
+end
+
+--- balancer_by_lua: first try of a request, or the next one after a connection error.
+function M.balance(name)
+  local ctx = ngx.ctx
+  local st = ctx.clb
+  if st then -- a retry (proxy_next_upstream): never the same member twice
+    release(st.peer)
+    st.tried = st.tried or {}
+    st.tried[st.peer.index] = true
+    st.peer = nil
+  else
+    local up = M.upstream(name)
+    if not up or up.usable == 0 then
+      return ngx.exit(NO_LIVE_UPSTREAMS)
+    end
+    st = { up = up }
+    ctx.clb = st
+    if up.usable > 1 then
+      set_more_tries(up.usable - 1)
+    end
+  end
+  local peer = pick(st.up, st)
+  if not peer then
+    return ngx.exit(NO_LIVE_UPSTREAMS)
+  end
+  local ok, err = set_current_peer(peer.host, peer.port)
+  if not ok then
+    ngx.log(ngx.ERR, "upstream ", name, ": cannot use ", peer.endpoint, ": ", err)
+    return ngx.exit(ngx.ERROR)
+  end
+  st.peer = peer
+  conns:incr(peer.ckey, 1, 0)
+end
+
+--- header_filter_by_lua: with cookie persistence, the cookie names the member that answered
+--- (after a failover, the new one); a missing, stale or forged cookie is replaced.
+function M.header_filter()
+  local st = ngx.ctx.clb
+  local peer = st and st.peer
+  if not (peer and peer.cookie) then
+    return
+  end
+  local existing = ngx.header["Set-Cookie"]
+  if existing == nil then
+    ngx.header["Set-Cookie"] = peer.cookie
+  elseif type(existing) == "table" then
+    existing[#existing + 1] = peer.cookie
+    ngx.header["Set-Cookie"] = existing
+  else
+    ngx.header["Set-Cookie"] = { existing, peer.cookie }
+  end
+end
+
+--- log_by_lua: the request is over, its last try no longer holds a connection.
+function M.log()
+  local st = ngx.ctx.clb
+  if st and st.peer then
+    release(st.peer)
+    st.peer = nil
+  end
+end
+
+return M

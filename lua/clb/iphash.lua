@@ -1,0 +1,48 @@
+--- ip_hash with nginx's semantics (ngx_http_upstream_get_ip_hash_peer): the hash runs over the
+--- first three octets of an IPv4 client (its /24) or the whole 16 bytes of an IPv6 client,
+--- starting from 89, ``hash = (hash * 113 + byte) % 6271``; ``hash % total weight`` walks the
+--- members in order with their weights. A peer that is not usable or already tried makes the
+--- hash run again over the same bytes (so a dead member's clients spread and the others stay);
+--- after 20 rehashes nginx falls back to round robin, and so does this. Pure Lua.
+local wrr = require("clb.wrr")
+
+local M = {}
+
+M.INITIAL = 89
+M.MAX_TRIES = 20
+
+--- ``state`` keeps the hash and the rehash count between the tries of one request
+--- (nil on the first try); returns the peer and the state to keep.
+function M.pick(up, addr, tried, state)
+  local hash, tries = M.INITIAL, 0
+  if state then
+    hash, tries = state.hash, state.tries
+  end
+  local peers = up.peers
+  if tries > M.MAX_TRIES or #peers < 2 then
+    return wrr.pick(peers, tried), { hash = hash, tries = tries }
+  end
+  local len = #addr == 4 and 3 or #addr
+  local byte = string.byte
+  while true do
+    for i = 1, len do
+      hash = (hash * 113 + byte(addr, i)) % 6271
+    end
+    local w = hash % up.hash_weight
+    local p = 1
+    while w >= peers[p].hash_weight do
+      w = w - peers[p].hash_weight
+      p = p + 1
+    end
+    local peer = peers[p]
+    if peer.usable and not (tried and tried[p]) then
+      return peer, { hash = hash, tries = tries }
+    end
+    tries = tries + 1
+    if tries > M.MAX_TRIES then
+      return wrr.pick(peers, tried), { hash = hash, tries = tries }
+    end
+  end
+end
+
+return M

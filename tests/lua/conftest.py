@@ -1,0 +1,137 @@
+"""Fixtures of the dynamic-upstream tests: the real nginx with the Lua module, a hand-written
+nginx.conf and upstreams.json in a temp prefix, real backends on loopback (tests/l7/conftest.py)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clbagent.nginx.process import Nginx, check_config
+from clbagent.nginx.upstreams_channel import DATA_FILE, Upstream, UpstreamsChannel, render_data_file
+from tests.l7.conftest import backends  # noqa: F401 (a fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+LUA_DIR = REPO / "lua"
+MODULES = Path("/usr/lib/nginx/modules")
+LUA_AVAILABLE = (MODULES / "ngx_http_lua_module.so").exists() and shutil.which("nginx") is not None
+VIP = "127.0.40.1"
+
+CONF = """\
+load_module {modules}/ndk_http_module.so;
+load_module {modules}/ngx_http_lua_module.so;
+worker_processes 2;
+pid run/nginx.pid;
+error_log logs/error.log notice;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path tmp/client_body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_connect_timeout 2s;
+    proxy_next_upstream error timeout;
+
+    lua_package_path "{lua}/?.lua;;";
+    lua_shared_dict clb_upstreams {shm};
+    lua_shared_dict clb_conns 1m;
+    init_by_lua_block {{ require("clb.init").load("{prefix}/{data}") }}
+    header_filter_by_lua_block {{ require("clb.balancer").header_filter() }}
+    log_by_lua_block {{ require("clb.balancer").log() }}
+{upstreams}
+    server {{
+        listen unix:{prefix}/run/ctl.sock;
+        client_max_body_size 1m;
+        client_body_buffer_size 1m;
+        location / {{ content_by_lua_block {{ require("clb.channel").handle() }} }}
+    }}
+}}
+"""
+
+UPSTREAM = """\
+    upstream {name} {{
+        server 0.0.0.1:1;
+        balancer_by_lua_block {{ require("clb.balancer").balance("{name}") }}
+        keepalive 16;
+    }}
+    server {{
+        listen {vip}:{port};
+        location / {{ proxy_pass http://{name}; }}
+    }}
+"""
+
+
+def free_port(ip: str = VIP) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LuaNginx:
+    prefix: Path
+    nginx: Nginx
+    ports: dict[str, int]  # upstream name → port of its server on VIP
+
+    def channel(self) -> UpstreamsChannel:
+        return UpstreamsChannel.of_prefix(self.prefix)
+
+    def write(self, upstreams: Mapping[str, Upstream], shm: str = "4m") -> None:
+        """Rewrite nginx.conf and upstreams.json (the same ports); reload with ``reload()``."""
+        (self.prefix / DATA_FILE).write_text(render_data_file(upstreams))
+        blocks = "".join(UPSTREAM.format(name=n, vip=VIP, port=p) for n, p in sorted(self.ports.items()))
+        conf = CONF.format(
+            modules=MODULES, lua=LUA_DIR, shm=shm, prefix=self.prefix, data=DATA_FILE, upstreams=blocks
+        )
+        (self.prefix / "nginx.conf").write_text(conf)
+        result = check_config(self.prefix)
+        assert result.ok, result.output
+
+    def url(self, name: str) -> tuple[str, int]:
+        return VIP, self.ports[name]
+
+
+@pytest.fixture
+def lua_nginx() -> Iterator[Callable[..., LuaNginx]]:
+    """``lua_nginx({name: Upstream}, shm="4m")``: a started nginx whose upstreams come from the data file."""
+    if not LUA_AVAILABLE:
+        pytest.skip("nginx or its Lua module is not installed")
+    base = Path(tempfile.mkdtemp(prefix="clb-lua-"))
+    base.chmod(0o755)  # workers (unprivileged) reach the temp directories
+    running: list[Nginx] = []
+
+    def start(upstreams: Mapping[str, Upstream], shm: str = "4m") -> LuaNginx:
+        prefix = base / "nginx"
+        for d in ("logs", "tmp"):
+            (prefix / d).mkdir(parents=True, exist_ok=True)
+        (prefix / "run").mkdir(mode=0o700, exist_ok=True)
+        served = LuaNginx(prefix, Nginx(prefix), {n: free_port() for n in upstreams})
+        served.write(upstreams, shm)
+        served.nginx.start()
+        running.append(served.nginx)
+        wait_for(lambda: (prefix / "run" / "ctl.sock").exists(), "control socket")
+        return served
+
+    yield start
+    for n in running:
+        n.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
