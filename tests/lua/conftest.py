@@ -22,6 +22,7 @@ LUA_DIR = REPO / "lua"
 MODULES = Path("/usr/lib/nginx/modules")
 LUA_AVAILABLE = (MODULES / "ngx_http_lua_module.so").exists() and shutil.which("nginx") is not None
 VIP = "127.0.40.1"
+LUA_FAULTS = ("runtime error", "[alert]", "[emerg]", "[crit]", "cannot use")  # in error.log: a bug
 
 CONF = """\
 load_module {modules}/ndk_http_module.so;
@@ -48,7 +49,7 @@ http {{
     init_by_lua_block {{ require("clb.init").load("{prefix}/{data}") }}
     header_filter_by_lua_block {{ require("clb.balancer").header_filter() }}
     log_by_lua_block {{ require("clb.balancer").log() }}
-{upstreams}
+{upstreams}{extra}
     server {{
         listen unix:{prefix}/run/ctl.sock;
         client_max_body_size 1m;
@@ -82,6 +83,7 @@ class LuaNginx:
     prefix: Path
     nginx: Nginx
     ports: dict[str, int]  # upstream name → port of its server on VIP
+    extra: str = ""  # more http-level configuration (a static upstream to compare with)
 
     def channel(self) -> UpstreamsChannel:
         return UpstreamsChannel.of_prefix(self.prefix)
@@ -91,7 +93,13 @@ class LuaNginx:
         (self.prefix / DATA_FILE).write_text(render_data_file(upstreams))
         blocks = "".join(UPSTREAM.format(name=n, vip=VIP, port=p) for n, p in sorted(self.ports.items()))
         conf = CONF.format(
-            modules=MODULES, lua=LUA_DIR, shm=shm, prefix=self.prefix, data=DATA_FILE, upstreams=blocks
+            modules=MODULES,
+            lua=LUA_DIR,
+            shm=shm,
+            prefix=self.prefix,
+            data=DATA_FILE,
+            upstreams=blocks,
+            extra=self.extra,
         )
         (self.prefix / "nginx.conf").write_text(conf)
         result = check_config(self.prefix)
@@ -103,19 +111,20 @@ class LuaNginx:
 
 @pytest.fixture
 def lua_nginx() -> Iterator[Callable[..., LuaNginx]]:
-    """``lua_nginx({name: Upstream}, shm="4m")``: a started nginx whose upstreams come from the data file."""
+    """``lua_nginx({name: Upstream}, shm="4m", extra="")``: a started nginx whose upstreams come
+    from the data file, each behind its own server on VIP."""
     if not LUA_AVAILABLE:
         pytest.skip("nginx or its Lua module is not installed")
     base = Path(tempfile.mkdtemp(prefix="clb-lua-"))
     base.chmod(0o755)  # workers (unprivileged) reach the temp directories
     running: list[Nginx] = []
 
-    def start(upstreams: Mapping[str, Upstream], shm: str = "4m") -> LuaNginx:
+    def start(upstreams: Mapping[str, Upstream], shm: str = "4m", extra: str = "") -> LuaNginx:
         prefix = base / "nginx"
         for d in ("logs", "tmp"):
             (prefix / d).mkdir(parents=True, exist_ok=True)
         (prefix / "run").mkdir(mode=0o700, exist_ok=True)
-        served = LuaNginx(prefix, Nginx(prefix), {n: free_port() for n in upstreams})
+        served = LuaNginx(prefix, Nginx(prefix), {n: free_port() for n in upstreams}, extra)
         served.write(upstreams, shm)
         served.nginx.start()
         running.append(served.nginx)
@@ -125,7 +134,11 @@ def lua_nginx() -> Iterator[Callable[..., LuaNginx]]:
     yield start
     for n in running:
         n.stop()
+    log = base / "nginx" / "logs" / "error.log"
+    text = log.read_text() if log.exists() else ""
     shutil.rmtree(base, ignore_errors=True)
+    faults = [line for line in text.splitlines() if any(f in line for f in LUA_FAULTS)]
+    assert not faults, "\n".join(faults)
 
 
 def wait_for(cond: Callable[[], object], what: str, timeout: float = 20) -> None:
