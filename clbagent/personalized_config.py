@@ -20,6 +20,8 @@ from clbagent.errors import Code
 from clbagent.tls_policies import CIPHER_TOKENS, FORCED_OFF
 
 MAX_BYTES = 64 * 1024
+DEFAULT_PROXY_BUFFERS = ("8", "4k")  # nginx's defaults on a 4 KiB-page host
+DEFAULT_PROXY_BUFFER_SIZE = "4k"
 REPEATABLE = frozenset({"add_header", "more_set_headers", "proxy_set_header", "error_page"})
 PROXY_SET_HEADER = {
     "X-Real-Port": "$remote_port",
@@ -50,8 +52,8 @@ class ConfigError(ValueError):
 def _number(value: str, unit: str, low: int, high: int, name: str) -> int:
     """Parse ``60s``/``4k``/``60M`` (the unit may be omitted for seconds) and check the range."""
     m = re.fullmatch(
-        rf"(\d{{1,9}})({unit})?", value, re.I if unit in ("k", "M") else 0
-    )  # nginx: 4k/4K, 60m/60M; seconds only as "s"
+        rf"([0-9]{{1,9}})({unit})?", value, re.I if unit in ("k", "M") else 0
+    )  # nginx: 4k/4K, 60m/60M; seconds only as "s"; ASCII digits only (nginx reads no others)
     if not m or (m.group(2) is None and unit != "s"):
         shown = f"{low}-{high}{unit}"
         raise ConfigError(Code.FORMAT_ERROR, f"{name} takes a value like {high}{unit}, in {shown}, not {value!r}")
@@ -141,15 +143,20 @@ def _proxy_redirect(name: str, args: tuple[str, ...]) -> None:
         raise ConfigError(Code.INVALID_VALUE, "proxy_redirect allows 'http:// https://', 'default' or 'off'")
 
 
+def _status(text: str, low: int, high: int) -> bool:
+    """An HTTP status code written in ASCII digits (``isdigit`` also accepts ``³⁰⁴``)."""
+    return re.fullmatch(r"[0-9]{3}", text) is not None and low <= int(text) <= high
+
+
 def _error_page(name: str, args: tuple[str, ...]) -> None:
     if len(args) < 2 or not ERROR_URI.match(args[-1]):
         raise ConfigError(Code.FORMAT_ERROR, "error_page takes 'code [= [response]] uri' with a URI starting with '/'")
     rest = list(args[:-1])
     if rest[-1].startswith("="):
         answer = rest.pop()[1:]
-        if answer and not (answer.isdigit() and 200 <= int(answer) <= 599):
+        if answer and not _status(answer, 200, 599):
             raise ConfigError(Code.RANGE, "error_page response must be a status code 200-599")
-    if not rest or any(not (c.isdigit() and 300 <= int(c) <= 599) for c in rest):
+    if not rest or any(not _status(c, 300, 599) for c in rest):
         raise ConfigError(Code.RANGE, "error_page codes must be status codes 300-599")
 
 
@@ -239,11 +246,34 @@ def _parse(text: str) -> tuple[tuple[Directive, ...], tuple[tuple[Code, str], ..
             problems.append((exc.code, str(exc)))
     values = {d.name: d.args for d in directives}
     body = values.get("client_max_body_size")
-    big = bool(body and re.fullmatch(r"\d+[mM]", body[0]) and int(body[0][:-1]) > 256)
+    big = bool(body and re.fullmatch(r"[0-9]+[mM]", body[0]) and int(body[0][:-1]) > 256)
     if big and values.get("proxy_request_buffering") != ("off",):
         problems.append(
             (Code.INVALID_PARAMETER, "client_max_body_size above 256M needs 'proxy_request_buffering off;'")
         )
     if "proxy_buffer_size" in values and "proxy_buffers" not in values:
         problems.append((Code.MISSING_PARAMETER, "proxy_buffer_size needs proxy_buffers as well"))
+    elif not problems:
+        problems.extend(_buffers_fit(values))
     return tuple(directives), tuple(problems)
+
+
+def _kib(value: str) -> int:
+    return int(value.rstrip("kK"))
+
+
+def _buffers_fit(values: dict[str, tuple[str, ...]]) -> list[tuple[Code, str]]:
+    """nginx's rule for the proxy buffers together: the busy-buffers size it derives, twice the
+    larger of proxy_buffer_size and one buffer, must not exceed all buffers but one."""
+    count, size = values.get("proxy_buffers", DEFAULT_PROXY_BUFFERS)
+    header = _kib(values.get("proxy_buffer_size", (DEFAULT_PROXY_BUFFER_SIZE,))[0])
+    busy, room = 2 * max(header, _kib(size)), (int(count) - 1) * _kib(size)
+    if busy <= room:
+        return []
+    return [
+        (
+            Code.INVALID_PARAMETER,
+            f"proxy_buffer_size {header}k and proxy_buffers {count} {size} do not fit together: nginx needs "
+            f"twice the larger of the two sizes ({busy}k) to be at most all buffers but one ({room}k)",
+        )
+    ]

@@ -32,6 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from clbagent.l7 import compile_nginx, write_prefix
 from clbagent.nginx.process import Nginx, check_config
+from clbagent.settings import Settings
 from clbagent.validate import validate_documents
 
 NGINX_AVAILABLE = shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
@@ -57,11 +58,15 @@ def load_balancer(lb_id: str, vip: str, listeners: list[dict], **extra: Any) -> 
     return {"LoadBalancerId": lb_id, "LoadBalancerVips": [vip], "Listeners": listeners, **extra}
 
 
-def compile_docs(docs: list[dict], down: frozenset[str] = frozenset(), prefix: str = "/tmp/clb"):
-    state = validate_documents([(f"doc{i}", d) for i, d in enumerate(docs)])
+def compile_docs(
+    docs: list[dict], down: frozenset[str] = frozenset(), prefix: str = "/tmp/clb", settings: Settings | None = None
+):
+    state = validate_documents([(f"doc{i}", d) for i, d in enumerate(docs)], settings or Settings())
     errors = [i for i in state.issues if i.severity == "error"]
+    cfg = compile_nginx(state, down, prefix=prefix)
+    errors += [i for i in cfg.warnings if i.severity == "error"]
     assert not errors, "\n".join(str(e) for e in errors)
-    return compile_nginx(state, down, prefix=prefix)
+    return cfg
 
 
 # --------------------------------------------------------------------------- PKI
@@ -83,8 +88,16 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def _key(bits: int = 2048) -> rsa.RSAPrivateKey:
+    """An RSA key; ``cryptography`` makes none under 1024 bits, OpenSSL's tool still does."""
+    if bits >= 1024:
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{bits}"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return serialization.load_pem_private_key(pem, None)  # type: ignore[return-value]
 
 
 def _pem_key(key: rsa.RSAPrivateKey) -> str:
@@ -113,8 +126,8 @@ class CA:
         )
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
-    def issue(self, cn: str, sans: list[str] = (), client: bool = False) -> Pem:
-        key = _key()
+    def issue(self, cn: str, sans: list[str] = (), client: bool = False, bits: int = 2048) -> Pem:
+        key = _key(bits)
         now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()
@@ -295,8 +308,8 @@ def serve() -> Iterator[Callable[..., Served]]:
     prefix = base / "nginx"
     running: list[Nginx] = []
 
-    def start(docs: list[dict], down: frozenset[str] = frozenset()) -> Served:
-        cfg = compile_docs(docs, down, prefix=str(prefix))
+    def start(docs: list[dict], down: frozenset[str] = frozenset(), settings: Settings | None = None) -> Served:
+        cfg = compile_docs(docs, down, prefix=str(prefix), settings=settings)
         write_prefix(cfg, prefix)
         result = check_config(prefix)
         assert result.ok, result.output
