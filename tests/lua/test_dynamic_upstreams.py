@@ -4,6 +4,7 @@ changes through the real control channel (unix socket) with the agent's client."
 from __future__ import annotations
 
 import collections
+import json
 import subprocess
 import sys
 import threading
@@ -186,7 +187,10 @@ def test_ip_hash_as_nginx(lua_nginx: Callable[..., LuaNginx], backends) -> None:
 
     def static(down: int | None) -> str:
         servers = "".join(f"server {b.ip}:{b.port} weight=10{' down' if i == down else ''}; " for i, b in enumerate(bs))
-        return f"    upstream static_pool {{ ip_hash; {servers}}}\n    server {{ listen {vip}:{sport}; location / {{ proxy_pass http://static_pool; }} }}\n"
+        return (
+            f"    upstream static_pool {{ ip_hash; {servers}}}\n"
+            f"    server {{ listen {vip}:{sport}; location / {{ proxy_pass http://static_pool; }} }}\n"
+        )
 
     vip, sport = "127.0.40.1", free_port()
     served = lua_nginx({"pool": Upstream(tuple(member(b) for b in bs), method="ip_hash")}, extra=static(None))
@@ -256,11 +260,16 @@ def test_delete_and_unknown_upstream(lua_nginx: Callable[..., LuaNginx], backend
         assert http_get(vip, port, "x").status == 502
 
 
+def _one(**fields: object) -> bytes:
+    """A PUT body with one upstream ``pool`` of one member with these fields."""
+    return json.dumps({"upstreams": {"pool": {"members": [fields]}}}).encode()
+
+
 BAD_BODIES = [
     (b"not json", ""),
-    (b'{"upstreams": {"pool": {"members": [{"endpoint": "10.0.0.1", "weight": 1}]}}}', "upstreams.pool.members[0].endpoint"),
-    (b'{"upstreams": {"pool": {"members": [{"endpoint": "10.0.0.1:80", "weight": 101}]}}}', "upstreams.pool.members[0].weight"),
-    (b'{"upstreams": {"pool": {"members": [{"endpoint": "10.0.0.1:80", "weight": 1, "x": 1}]}}}', "upstreams.pool.members[0].x"),
+    (_one(endpoint="10.0.0.1", weight=1), "upstreams.pool.members[0].endpoint"),
+    (_one(endpoint="10.0.0.1:80", weight=101), "upstreams.pool.members[0].weight"),
+    (_one(endpoint="10.0.0.1:80", weight=1, x=1), "upstreams.pool.members[0].x"),
     (b'{"upstreams": {"pool": {"method": "random", "members": []}}}', "upstreams.pool.method"),
     (b'{"upstreams": {"bad/name": {"members": []}}}', "upstreams.bad/name"),
     (b'{"upstreams": [1]}', "upstreams"),
