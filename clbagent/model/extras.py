@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
 from pydantic import Field
 
 from clbagent.model.base import Obj
-from clbagent.model.types import Ident
+from clbagent.model.types import Ident, Network
 
 
 class RewriteLocationMap(Obj):
@@ -49,7 +48,7 @@ class TLSPolicy(Obj):
 
 
 class AclEntry(Obj):
-    entry: IPv4Network | IPv6Network = Field(alias="Entry")
+    entry: Network = Field(alias="Entry")
     comment: str | None = Field(None, alias="Comment", max_length=256)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
@@ -15,7 +14,7 @@ from clbagent.model.certificate import Certificate, CertificateInput
 from clbagent.model.extras import Acl, AutoRewrite, CustomizedConfig, RewriteLocationMap, TLSPolicy
 from clbagent.model.listener import Listener
 from clbagent.model.syntax import fail
-from clbagent.model.types import Ident, _upper_enum
+from clbagent.model.types import Ident, Unicast, _upper_enum
 
 NAME = re.compile(r"^[A-Za-z0-9_\-\u4e00-\u9fff]+$")
 
@@ -46,7 +45,7 @@ class LoadBalancer(SharedObjects):
     load_balancer_type: Annotated[Literal["OPEN", "INTERNAL"], BeforeValidator(_upper_enum)] = Field(
         "OPEN", alias="LoadBalancerType"
     )
-    load_balancer_vips: list[IPv4Address | IPv6Address] = Field(alias="LoadBalancerVips", min_length=1)
+    load_balancer_vips: list[Unicast] = Field(alias="LoadBalancerVips", min_length=1, max_length=64)
     address_ip_version: Annotated[Literal["IPV4", "IPV6", "IPv6FullChain"], BeforeValidator(_ip_version)] = Field(
         "IPV4", alias="AddressIPVersion"
     )

@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pydantic import Field
 
 from clbagent.model.base import Obj
-from clbagent.model.types import Port, Weight
+from clbagent.model.types import Port, Unicast, Weight
 
 
 class Target(Obj):
@@ -21,11 +21,9 @@ class Target(Obj):
 
     type: str | None = Field(None, alias="Type", description="CVM | ENI | BMS; ignored as input (T10091)")
     instance_id: str | None = Field(None, alias="InstanceId", max_length=64)
-    eni_ip: IPv4Address | IPv6Address | None = Field(None, alias="EniIp")
+    eni_ip: Unicast | None = Field(None, alias="EniIp")
     instance_bms_id: str | None = Field(None, alias="InstanceBmsId", max_length=64)
-    private_ip_addresses: list[IPv4Address | IPv6Address] | None = Field(
-        None, alias="PrivateIpAddresses", min_length=1, max_length=8
-    )
+    private_ip_addresses: list[Unicast] | None = Field(None, alias="PrivateIpAddresses", min_length=1, max_length=8)
     port: Port = Field(alias="Port")
     weight: Weight = Field(10, alias="Weight")
 

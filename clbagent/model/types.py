@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from clbagent.errors import Code
+from clbagent.model.syntax import fail
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Weight = Annotated[int, Field(ge=0, le=100)]
@@ -40,3 +44,45 @@ SessionExpire = Annotated[int, Field(ge=0, le=3600)]
 
 L4_PROTOCOLS = frozenset({"TCP", "UDP", "TCP_SSL"})
 L7_PROTOCOLS = frozenset({"HTTP", "HTTPS"})
+
+
+CLASS_E = ip_network("240.0.0.0/4")  # reserved, with the limited broadcast 255.255.255.255
+THIS_NETWORK = ip_network("0.0.0.0/8")
+V6_RESERVED = ip_network("::/8")  # unspecified, IPv4-compatible and IPv4-mapped forms; ::1 is allowed apart
+
+
+def address_problem(addr: IPv4Address | IPv6Address) -> str | None:
+    """Why an address cannot be a VIP or a target, or None. A wildcard would capture every other
+    load balancer's traffic on the port; the other kinds cannot be bound or reached as written."""
+    if isinstance(addr, IPv6Address) and addr.scope_id is not None:
+        return "a scoped IPv6 address (with %zone) is not allowed"
+    if addr.is_unspecified:
+        return f"{addr} is the wildcard address; name the load balancer's own address"
+    if addr.is_multicast:
+        return f"{addr} is a multicast address"
+    if addr.is_link_local:
+        return f"{addr} is a link-local address"
+    if isinstance(addr, IPv4Address) and (addr in CLASS_E or addr in THIS_NETWORK):
+        return f"{addr} is a reserved or broadcast address"
+    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+        return f"{addr} is an IPv4-mapped IPv6 address; write the IPv4 address"
+    if isinstance(addr, IPv6Address) and addr in V6_RESERVED and not addr.is_loopback:
+        return f"{addr} is a reserved IPv6 address"
+    return None
+
+
+def _unicast(addr: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
+    problem = address_problem(addr)
+    if problem:
+        raise fail(Code.INVALID_VALUE, problem)
+    return addr
+
+
+def _unscoped(net: IPv4Network | IPv6Network) -> IPv4Network | IPv6Network:
+    if isinstance(net, IPv6Network) and net.network_address.scope_id is not None:
+        raise fail(Code.INVALID_VALUE, "a scoped IPv6 network (with %zone) is not allowed")
+    return net
+
+
+Unicast = Annotated[IPv4Address | IPv6Address, AfterValidator(_unicast)]
+Network = Annotated[IPv4Network | IPv6Network, AfterValidator(_unscoped)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ from clbagent.settings import DEFAULT_SETTINGS, Settings
 from clbagent.tls_policies import CIPHER_TOKENS, NAMED_POLICIES
 from clbagent.validate.catalog import Catalog
 from clbagent.validate.certs import check_certificate, now_utc
-from clbagent.validate.listeners import Findings, check_listeners, check_vips, port_family, port_span
+from clbagent.validate.listeners import Findings, check_listeners, check_vips, port_family
 from clbagent.validate.references import check_references
 from clbagent.validate.structure import validate_structure
 
@@ -112,6 +113,10 @@ def _check_shared(doc: DocumentResult, catalog: Catalog, settings: Settings, now
         for code, message in problems:
             f.add(conf.at("ConfigContent"), code, message)
     for policy in doc.model.tls_policies:
+        if policy.policy_id in NAMED_POLICIES:
+            f.add(
+                policy.at("TLSCipherPolicyId"), Code.DUPLICATE, f"{policy.policy_id} is the name of a built-in policy"
+            )
         for i, cipher in enumerate(policy.ciphers):
             if cipher not in CIPHER_TOKENS and cipher not in TLS13_SUITES:
                 f.add(f"{policy.at('Ciphers')}[{i}]", Code.INVALID_VALUE, f"cipher {cipher!r} is not allowed")
@@ -159,44 +164,69 @@ def _inline(ident: str, kind: str, content: str, key: str | None, path: str) -> 
 
 
 def _cross_documents(docs: list[DocumentResult]) -> None:
-    """Load balancer IDs are unique and no two load balancers listen on the same VIP and port."""
-    ids: dict[str, DocumentResult] = {}
-    taken: dict[tuple[str, str, int], str] = {}
+    """Load balancer IDs are unique and no two load balancers listen on the same VIP and port; a
+    clash is an error for every document involved, whatever the file order."""
+    by_id: dict[str, list[DocumentResult]] = defaultdict(list)
+    for doc in docs:
+        if doc.load_balancer is not None:
+            by_id[doc.load_balancer.id].append(doc)
+    for ident, group in by_id.items():
+        if len(group) > 1:
+            for doc in group:
+                others = ", ".join(d.source for d in group if d is not doc)[:200]
+                doc.issues.append(
+                    Issue(
+                        f"{doc.root}/LoadBalancerId",
+                        Code.DUPLICATE,
+                        f"load balancer {ident} is also defined in {others}",
+                    )
+                )
+    for (vip, _family), spans in _port_spans(docs).items():
+        spans.sort(key=lambda s: s[0])
+        reach: tuple[int, str] | None = None  # the furthest end so far, and its load balancer
+        for start, end, lb_id, doc, path in spans:
+            if reach is not None and start <= reach[0] and reach[1] != lb_id:
+                _clash(doc, path, vip, start, reach[1])
+                _clash_back(spans, start, end, lb_id, vip)
+            if reach is None or end > reach[0]:
+                reach = (end, lb_id)
+
+
+PortSpan = tuple[int, int, str, DocumentResult, str]
+
+
+def _port_spans(docs: list[DocumentResult]) -> dict[tuple[str, str], list[PortSpan]]:
+    """Every (VIP, TCP/UDP) with the port spans load balancers listen on, the HTTP:80 listener an
+    automatic redirect creates included."""
+    out: dict[tuple[str, str], list[PortSpan]] = defaultdict(list)
     for doc in docs:
         lb = doc.load_balancer
-        if lb is None:
+        if lb is None or not doc.ok:
             continue
-        if lb.id in ids:
-            doc.issues.append(
-                Issue(
-                    f"{doc.root}/LoadBalancerId",
-                    Code.DUPLICATE,
-                    f"load balancer {lb.id} is also defined in {ids[lb.id].source}",
-                )
-            )
-            continue
-        ids[lb.id] = doc
-        for lis in lb.listeners:
-            for vip in lb.load_balancer_vips:
-                clash = next(
-                    (
-                        taken[k]
-                        for p in port_span(lis)
-                        if (k := (str(vip), port_family(lis.protocol), p)) in taken and taken[k] != lb.id
-                    ),
-                    None,
-                )
-                if clash is not None:
-                    doc.issues.append(
-                        Issue(
-                            f"{doc.root}/{lis.at('Port')}",
-                            Code.PORT_CHECK_FAILED,
-                            f"{vip}:{lis.port} is already served by load balancer {clash}",
-                        )
-                    )
-                    break
-                for p in port_span(lis):
-                    taken.setdefault((str(vip), port_family(lis.protocol), p), lb.id)
+        spans = [
+            (lis.port, lis.end_port or lis.port, port_family(lis.protocol), lis.at("Port")) for lis in lb.listeners
+        ]
+        if lb.auto_rewrites and not any(lis.port == 80 and lis.protocol != "UDP" for lis in lb.listeners):
+            spans.append((80, 80, "tcp", "AutoRewrites"))
+        for vip in lb.load_balancer_vips:
+            for start, end, family, path in spans:
+                out[(str(vip), family)].append((start, end, lb.id, doc, path))
+    return out
+
+
+def _clash(doc: DocumentResult, path: str, vip: str, port: int, other: str) -> None:
+    issue = Issue(f"{doc.root}/{path}", Code.PORT_CHECK_FAILED, f"{vip}:{port} is also served by load balancer {other}")
+    if issue not in doc.issues:
+        doc.issues.append(issue)
+
+
+def _clash_back(spans: list[PortSpan], start: int, end: int, lb_id: str, vip: str) -> None:
+    """The earlier spans a late span overlaps get the error too (spans are sorted by start)."""
+    for s_start, s_end, s_lb, s_doc, s_path in spans:
+        if s_start > end:
+            break
+        if s_lb != lb_id and s_end >= start:
+            _clash(s_doc, s_path, vip, max(start, s_start), lb_id)
 
 
 def validate_documents(
@@ -212,11 +242,19 @@ def validate_documents(
         inline = _inline_certificates(doc)
         if inline:
             doc.model.certificates.extend(inline)
-        for path, kind, ident in catalog.add(doc.model, doc.root):
-            doc.issues.append(
-                Issue(f"{doc.root}/{path}", Code.DUPLICATE, f"{kind} {ident} is defined differently elsewhere")
-            )
+        catalog.add(doc.model, doc.root)
         _check_shared(doc, catalog, settings, now)
+    by_root = {d.root: d for d in results}
+    for (kind, ident), defs in catalog.settle().items():
+        for d in defs:
+            others = sorted({o.root for o in defs if o.root != d.root}) or ["this document"]
+            by_root[d.root].issues.append(
+                Issue(
+                    f"{d.root}/{d.path}",
+                    Code.DUPLICATE,
+                    f"{kind} {ident} is defined differently in {', '.join(others[:3])}; an ID belongs to one object",
+                )
+            )
     if len(catalog.customized_configs) > settings.max_customized_configs:
         results[0].issues.append(
             Issue(
@@ -228,19 +266,27 @@ def validate_documents(
         if lb is None:
             continue
         f = Findings(doc.root)
-        check_vips(lb, f)
+        check_vips(lb, settings, f)
         check_listeners(lb, settings, f)
         check_references(lb, catalog, settings, f)
-        doc.issues.extend(i for i in f.issues if not _under_pruned(i.path, doc.pruned) and i not in doc.issues)
+        known = set(doc.issues)
+        hidden = _pruned_ancestors(doc.pruned)
+        for issue in f.issues:
+            if issue.path not in hidden and issue not in known:
+                known.add(issue)
+                doc.issues.append(issue)
     _cross_documents(results)
     for doc in results:
         doc.issues.sort(key=lambda i: (i.severity != "error", i.path, i.code))
     return DesiredState(results, catalog, settings)
 
 
-def _under_pruned(path: str, pruned: list[str]) -> bool:
-    """A cross-object finding on an ancestor of an element left out may only be its side effect."""
-    return any(p.startswith(path) and p != path for p in pruned)
+def _pruned_ancestors(pruned: list[str]) -> set[str]:
+    """Paths above an element left out: a cross-object finding there may only be its side effect."""
+    out: set[str] = set()
+    for path in pruned:
+        out.update(path[:i] for i, c in enumerate(path) if c in "/[" and i)
+    return out
 
 
 def check_transition(previous: DesiredState, current: DesiredState) -> list[Issue]:

@@ -7,7 +7,8 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
 from clbagent.errors import Code, Issue
 from clbagent.model import Certificate
@@ -132,3 +133,25 @@ def key_problem(key_pem: str, leaf_pem: str) -> str | None:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+MIN_BITS = {rsa.RSAPublicKey: 2048, dsa.DSAPublicKey: 2048, ec.EllipticCurvePublicKey: 224}
+
+
+@functools.lru_cache(maxsize=4096)
+def weak_leaf(pem: str) -> str | None:
+    """Why OpenSSL at its normal security level (Debian: level 2) refuses to serve this leaf
+    certificate, or None: a key under 112 bits of strength or a SHA-1/MD5 signature."""
+    try:
+        leaf = load_chain(pem)[0]
+    except ValueError:
+        return None  # reported by check_certificate
+    key = leaf.public_key()
+    for kind, bits in MIN_BITS.items():
+        if isinstance(key, kind) and key.key_size < bits:
+            return f"its {key.key_size}-bit key is weaker than {bits} bits"
+    algorithm = leaf.signature_hash_algorithm
+    if isinstance(algorithm, WEAK_HASHES):
+        return f"it is signed with {algorithm.name.upper()}"
+    return None

@@ -29,21 +29,18 @@ def port_family(protocol: str) -> str:
     return "udp" if protocol == "UDP" else "tcp"
 
 
-def port_span(lis: Listener) -> range:
-    return range(lis.port, (lis.end_port or lis.port) + 1)
-
-
 def check_listeners(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
     if len(lb.listeners) > settings.max_listeners:
         f.add("Listeners", Code.LIMIT_EXCEEDED, f"at most {settings.max_listeners} listeners per instance")
     l7_rules = sum(len(lis.rules or []) for lis in lb.listeners if not lis.is_l4)
     if l7_rules > settings.max_l7_rules:
         f.add("Listeners", Code.LIMIT_EXCEEDED, f"at most {settings.max_l7_rules} HTTP/HTTPS rules per instance")
-    ids: dict[str, Listener] = {}
+    ids: set[str] = set()
     for lis in lb.listeners:
         if lis.id in ids:
             f.add(lis.at("ListenerId"), Code.DUPLICATE, f"listener id {lis.id} is used twice")
-        ids[lis.id] = lis
+        ids.add(lis.id)
+    _check_rule_ids(lb, f)
     _check_ports(lb, settings, f)
     for lis in lb.listeners:
         (_check_l4 if lis.is_l4 else _check_l7)(lb, lis, settings, f)
@@ -51,7 +48,8 @@ def check_listeners(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
 
 
 def _check_ports(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
-    taken: dict[tuple[str, int], Listener] = {}
+    """Port ranges are compared as intervals: a range listener costs the same as a single port."""
+    taken: dict[str, list[tuple[int, int, Listener]]] = defaultdict(list)
     for lis in lb.listeners:
         if lis.end_port:
             if lis.protocol not in ("TCP", "UDP"):
@@ -59,22 +57,23 @@ def _check_ports(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
             elif lis.end_port <= lis.port:
                 f.add(lis.at("EndPort"), Code.PORT_CHECK_FAILED, "EndPort must be greater than Port")
                 continue
+        end = lis.end_port or lis.port
         if settings.reject_reserved_ports:
-            reserved = sorted(set(port_span(lis)).intersection(settings.reserved_ports))
+            reserved = sorted(p for p in settings.reserved_ports if lis.port <= p <= end)
             if reserved:
                 f.add(lis.at("Port"), Code.PORT_CHECK_FAILED, f"port {reserved[0]} is reserved by the system")
-        for port in port_span(lis):
-            key = (port_family(lis.protocol), port)
-            other = taken.get(key)
-            if other is not None:
-                f.add(
-                    lis.at("Port"),
-                    Code.PORT_CHECK_FAILED,
-                    f"port {port}/{lis.protocol} already used by listener {other.id} ({other.protocol}); "
-                    "only a TCP and a UDP listener may share a port",
-                )
-                break
-            taken[key] = lis
+        spans = taken[port_family(lis.protocol)]
+        other = next(((lo, o) for lo, hi, o in spans if lo <= end and lis.port <= hi), None)
+        if other is not None:
+            port, o = max(other[0], lis.port), other[1]
+            f.add(
+                lis.at("Port"),
+                Code.PORT_CHECK_FAILED,
+                f"port {port}/{lis.protocol} already used by listener {o.id} ({o.protocol}); "
+                "only a TCP and a UDP listener may share a port",
+            )
+            continue
+        spans.append((lis.port, end, lis))
 
 
 def _check_acl_ref(lis: Listener, f: Findings) -> None:
@@ -88,6 +87,19 @@ def _check_acl_ref(lis: Listener, f: Findings) -> None:
                 Code.UNSUPPORTED_OPERATION,
                 "access control lists are enforced on HTTP/HTTPS listeners only",
             )
+
+
+def _check_rule_ids(lb: LoadBalancer, f: Findings) -> None:
+    """A LocationId (written, or derived from domain and URL) names one rule of the load balancer:
+    redirects, file and upstream names are derived from it."""
+    seen: set[str] = set()
+    for lis in lb.listeners:
+        for rule in lis.rules or []:
+            if rule.id in seen:
+                f.add(
+                    rule.at("LocationId"), Code.DUPLICATE, f"LocationId {rule.id} names two rules of this load balancer"
+                )
+            seen.add(rule.id)
 
 
 def _forbid(f: Findings, lis: Listener, fields: dict[str, object], code: Code, why: str) -> None:
@@ -390,7 +402,7 @@ def _check_targets(
         f.add(path, Code.INVALID_PARAMETER, "bare-metal (BMS) targets cannot be mixed with CVM or ENI targets")
 
 
-def check_vips(lb: LoadBalancer, f: Findings) -> None:
+def check_vips(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
     for i, vip in enumerate(lb.load_balancer_vips):
         if isinstance(vip, IPv6Address) != lb.is_ipv6:
             f.add(
@@ -398,5 +410,7 @@ def check_vips(lb: LoadBalancer, f: Findings) -> None:
                 Code.INVALID_PARAMETER,
                 f"VIP {vip} does not match AddressIPVersion {lb.address_ip_version}",
             )
+        if settings.vip_ranges and not any(vip in net for net in settings.vip_ranges):
+            f.add(f"LoadBalancerVips[{i}]", Code.INVALID_VALUE, f"VIP {vip} is outside the VIP ranges of this host")
     if len(set(lb.load_balancer_vips)) != len(lb.load_balancer_vips):
         f.add("LoadBalancerVips", Code.DUPLICATE, "a VIP is listed twice")

@@ -9,6 +9,7 @@ from clbagent.personalized_config import parse_customized
 from clbagent.settings import Settings
 from clbagent.tls_policies import NAMED_POLICIES
 from clbagent.validate.catalog import Catalog
+from clbagent.validate.certs import weak_leaf
 from clbagent.validate.listeners import Findings
 
 
@@ -20,7 +21,9 @@ def check_references(lb: LoadBalancer, catalog: Catalog, settings: Settings, f: 
     for cert, path in lb.certificate_slots():
         _check_cert_refs(cert, path, catalog, f)
     for lis in lb.listeners:
-        if lis.tls_cipher_policy and lis.tls_cipher_policy not in NAMED_POLICIES | catalog.tls_policies:
+        if lis.tls_cipher_policy and (why := catalog.conflict("TLS policy", lis.tls_cipher_policy)):
+            f.add(lis.at("TLSCipherPolicy"), Code.INVALID_PARAMETER, why)
+        elif lis.tls_cipher_policy and lis.tls_cipher_policy not in NAMED_POLICIES.keys() | catalog.tls_policies.keys():
             f.add(
                 lis.at("TLSCipherPolicy"),
                 Code.ALI_TLS_POLICY_NOT_EXIST,
@@ -28,7 +31,9 @@ def check_references(lb: LoadBalancer, catalog: Catalog, settings: Settings, f: 
             )
         if lis.acl_status == "on" and lis.acl_id:
             acl = catalog.acls.get(lis.acl_id)
-            if acl is None:
+            if why := catalog.conflict("ACL", lis.acl_id):
+                f.add(lis.at("AclId"), Code.INVALID_PARAMETER, why)
+            elif acl is None:
                 f.add(lis.at("AclId"), Code.ALI_ACL_NOT_EXIST, f"ACL {lis.acl_id} is not defined")
             elif (acl.address_ip_version == "ipv6") != lb.is_ipv6:
                 f.add(
@@ -38,6 +43,7 @@ def check_references(lb: LoadBalancer, catalog: Catalog, settings: Settings, f: 
                 )
     if lb.config_id:
         _check_config_ref(lb, catalog, f)
+    _check_weak_certificates(lb, catalog, settings, f)
     _check_rewrites(lb, settings, f)
     _check_auto_rewrites(lb, f)
 
@@ -51,7 +57,9 @@ def _check_cert_refs(cert: CertificateInput, path: str, catalog: Catalog, f: Fin
         if ident is None:
             continue
         obj = catalog.certificates.get(ident)
-        if obj is None:
+        if why := catalog.conflict("certificate", ident):
+            f.add(f"{path}/{field}", Code.INVALID_PARAMETER, why)
+        elif obj is None:
             f.add(f"{path}/{field}", Code.RESOURCE_NOT_FOUND, f"certificate {ident} is not defined")
         elif obj.cert_type != kind:
             f.add(
@@ -65,8 +73,46 @@ def _check_cert_refs(cert: CertificateInput, path: str, catalog: Catalog, f: Fin
             f.add(f"{path}/{field}", Code.INVALID_PARAMETER, f"certificate {ident} is invalid")
 
 
+def _check_weak_certificates(lb: LoadBalancer, catalog: Catalog, settings: Settings, f: Findings) -> None:
+    """A weak leaf certificate stops ``nginx -t`` (``ee key too small``) unless the listener's TLS
+    policy runs at security level 0 (a legacy policy)."""
+    https = [lis for lis in lb.listeners if lis.protocol == "HTTPS"]
+    if not https:
+        return
+    # The compiler's own TLS resolution, so that validation and rendering agree; imported here
+    # because the compiler imports this package.
+    from clbagent.l7.personalized import personalized_for
+    from clbagent.l7.server_tls import TlsRefusedError, listener_policy
+
+    directives = personalized_for(lb, catalog).directives
+    for lis in https:
+        try:
+            tls, _ = listener_policy(lis, catalog, directives, settings.legacy_tls_default)
+        except (TlsRefusedError, KeyError):
+            continue  # refused with its own error by the compiler, or a missing policy reported above
+        if tls.legacy:
+            continue
+        slots = [(lis.certificate, lis.at("Certificate"))] + [
+            (r.certificate, r.at("Certificate")) for r in lis.rules or []
+        ]
+        for cert, path in slots:
+            for field, ident in (("CertId", cert and cert.cert_id), ("EccCertId", cert and cert.ecc_cert_id)):
+                obj = catalog.certificates.get(ident) if ident else None
+                why = weak_leaf(obj.cert_content) if obj is not None and obj.cert_content else None
+                if why:
+                    f.add(
+                        f"{path}/{field}",
+                        Code.INVALID_PARAMETER,
+                        f"certificate {ident} cannot be served by listener {lis.id}: {why}; its TLS policy runs "
+                        "at OpenSSL's normal security level (only a legacy TLSv1/TLSv1.1 policy accepts it)",
+                    )
+
+
 def _check_config_ref(lb: LoadBalancer, catalog: Catalog, f: Findings) -> None:
     conf = catalog.customized_configs.get(lb.config_id or "")
+    if why := catalog.conflict("customized config", lb.config_id or ""):
+        f.add("ConfigId", Code.INVALID_PARAMETER, why)
+        return
     if conf is None:
         f.add("ConfigId", Code.RESOURCE_NOT_FOUND, f"personalized config {lb.config_id} is not defined")
         return

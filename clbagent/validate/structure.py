@@ -32,6 +32,7 @@ _CODES = {
     "string_pattern_mismatch": Code.FORMAT_ERROR,
 }
 _CLB_CODES = {c.value for c in Code}
+SECRET_FIELDS = {"CertKey", "SignCertPrivateKey", "certKey"}  # never quoted back, whatever their shape
 _MAX_PASSES = 4
 M = TypeVar("M", bound=BaseModel)
 
@@ -70,7 +71,7 @@ def _code(err: dict[str, Any]) -> str:
     return Code.INVALID_VALUE.value
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: dict[str, Any], secret: bool = False) -> str:
     if err["type"] == "missing":
         return "this field is required"
     if err["type"] == "extra_forbidden":
@@ -82,6 +83,8 @@ def _message(err: dict[str, Any]) -> str:
     msg = str(err["msg"])
     if err["type"] in _CLB_CODES:
         return msg
+    if secret:
+        return f"{msg[0].lower()}{msg[1:]} (the value is not shown: it may be key material)"
     shown = repr(err.get("input"))
     if len(shown) > 60:
         shown = shown[:57] + "..."
@@ -96,7 +99,8 @@ def pydantic_issues(exc: ValidationError, raw: Any, root: str) -> tuple[list[Iss
         steps = _walk(raw, tuple(err["loc"]))
         code = _code(err)
         path = render_path(root, steps)
-        issues.setdefault((path, code), Issue(path, code, _message(err)))
+        secret = any(step in SECRET_FIELDS for step in err["loc"])
+        issues.setdefault((path, code), Issue(path, code, _message(err, secret)))
         locs.append(steps)
     return list(issues.values()), locs
 
