@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from clbagent import __version__
-from clbagent.commands import EXIT_UNAVAILABLE, importer, render, validate
+from clbagent.commands import EXIT_UNAVAILABLE, agent, importer, render, validate
 
 
 def _unavailable(name: str, what: str, sub: argparse._SubParsersAction) -> None:
@@ -36,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.schema_parser(sub)
     importer.add_parser(sub)
     render.add_parser(sub)
-    _unavailable("apply", "apply documents to this host once (validate, switch, verify, roll back)", sub)
-    _unavailable("run", "run as the agent: watch sources, health-check, apply", sub)
-    _unavailable("status", "show what the host serves and the last apply", sub)
+    agent.add_parsers(sub)
     _unavailable("health", "show the health of every target", sub)
     return parser
 

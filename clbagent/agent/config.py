@@ -1,0 +1,112 @@
+"""The agent's own configuration file (YAML). Only ``documents`` and ``state_dir`` are things a user
+must know; every other key has a default that ``clbagent config --defaults`` prints."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG = Path("/etc/clbagent/agent.yaml")
+
+
+class ConfigError(ValueError):
+    """The agent configuration file is missing, unreadable or invalid."""
+
+
+class AgentConfig(BaseModel):
+    """Where the agent reads its desired state, keeps its state and talks to operators."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    documents: Path = Field(Path("/etc/clbagent/documents"), description="directory of desired-state documents")
+    state_dir: Path = Field(
+        Path("/var/lib/clbagent"), description="last good state, nginx generations and prefix (root-only)"
+    )
+    cert_dir: Path | None = Field(None, description="where CertFile paths may point (default: the documents)")
+    settings: Path | None = Field(None, description="validation settings YAML (limits where the documents disagree)")
+    status_socket: Path = Field(Path("/run/clbagent/status.sock"), description="root-only unix socket of `status`")
+    metrics_address: str = Field("127.0.0.1:9489", description="Prometheus endpoint host:port ('' = off)")
+    nginx_binary: str = Field("/usr/sbin/nginx", description="the nginx executable")
+    worker_shutdown_timeout: str = Field("60s", description="how long old nginx workers may drain after a reload")
+    reload_timeout: float = Field(60.0, gt=0, description="seconds a reload may take before it counts as failed")
+    keep_generations: int = Field(5, ge=2, description="nginx generations kept for rollback")
+    wait_min: float = Field(0.2, ge=0, description="quiescence: apply when nothing changed for this long (s)")
+    wait_max: float = Field(2.0, gt=0, description="quiescence: apply at the latest this long after a change (s)")
+    resync_interval: float = Field(30.0, gt=0, description="periodic repair of IPVS, nginx and generated files (s)")
+    watch: Literal["auto", "inotify", "poll"] = Field("auto", description="how the documents directory is watched")
+    l4: Literal["auto", "on", "off"] = Field("auto", description="IPVS for TCP/UDP; auto = when ip_vs is loadable")
+    vip_interface: str = Field("clb0", description="dummy interface that holds the VIPs")
+    drain_timeout: float = Field(300.0, ge=0, description="seconds a removed L4 target drains before deletion")
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            host, _, port = value.rpartition(":")
+            try:
+                ip_address(host.strip("[]"))
+                ok = port.isdigit() and 0 < int(port) < 65536
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError("must be IP:PORT, e.g. 127.0.0.1:9489")
+        return value
+
+    @field_validator("worker_shutdown_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not value or not value.rstrip("smhd").isdigit() or value[-1:] not in "smhd0123456789":
+            raise ValueError("must be an nginx time such as 60s or 5m")
+        return value
+
+    @property
+    def nginx_root(self) -> Path:
+        return self.state_dir / "nginx"
+
+    @property
+    def metrics_endpoint(self) -> tuple[str, int] | None:
+        if not self.metrics_address:
+            return None
+        host, _, port = self.metrics_address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @classmethod
+    def load(cls, path: Path | None) -> AgentConfig:
+        """Read the config file; ``None`` means every default. Errors become :class:`ConfigError`."""
+        if path is None:
+            return cls()
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a mapping of settings")
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top)"
+            raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        base = path.resolve().parent
+        return config.model_copy(
+            update={
+                name: base / value
+                for name in ("documents", "state_dir", "cert_dir", "settings", "status_socket")
+                if isinstance(value := getattr(config, name), Path) and not value.is_absolute()
+            }
+        )
+
+    def to_yaml(self) -> str:
+        """The configuration as commented YAML (what ``clbagent config --defaults`` prints)."""
+        out = []
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            value = str(value) if isinstance(value, Path) else value
+            out.append(f"# {info.description}\n{yaml.safe_dump({name: value}, sort_keys=False)}")
+        return "".join(out)

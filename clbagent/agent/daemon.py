@@ -1,0 +1,237 @@
+"""`clbagent run`: one asyncio process that keeps the host serving the desired state.
+
+Every reason to apply (a document changed, the periodic resync, SIGHUP) marks the state dirty; one
+applier task coalesces bursts with a quiescence window (apply when nothing changed for ``wait_min``,
+at the latest ``wait_max`` after the first change) and runs applies one at a time, in a worker
+thread, so that the status socket and the systemd watchdog stay responsive. Stopping the agent
+never stops nginx and never touches IPVS: the data plane outlives the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from clbagent.agent.config import AgentConfig, ConfigError
+from clbagent.agent.engine import ApplyReport, Engine
+from clbagent.agent.metrics import AgentMetrics
+from clbagent.agent.source import FileSource
+from clbagent.agent.status import serve
+from clbagent.agent.systemd import notify, watchdog_interval
+
+
+def log(event: str, **fields: Any) -> None:
+    """One structured JSON line per event on standard error (journald keeps it)."""
+    record = {"ts": round(time.time(), 3), "event": event, **fields}
+    print(json.dumps(record, default=str, ensure_ascii=False), file=sys.stderr, flush=True)
+
+
+class Agent:
+    def __init__(self, config_path: Path | None, config: AgentConfig):
+        self.config_path = config_path
+        self.config = config
+        self.engine = Engine(config)
+        self.source = FileSource([config.documents])
+        self.metrics = AgentMetrics()
+        self.started = time.time()
+        self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._first_change = 0.0
+        self._last_change = 0.0
+        self._reasons: set[str] = set()
+        self._applying = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.engine.store.lock()
+        try:
+            await asyncio.to_thread(self.engine.start)
+            await self._apply("start")
+            endpoint = self.config.metrics_endpoint
+            if endpoint is not None:
+                self.metrics.watch_nginx(self.engine.nginx.workers)
+                self.metrics.serve(*endpoint)
+            server = await serve(self.config.status_socket, self.snapshot)
+            for sig, handler in ((signal.SIGTERM, self._stop.set), (signal.SIGINT, self._stop.set)):
+                loop.add_signal_handler(sig, handler)
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reconfigure()))
+            notify("READY=1", f"STATUS=serving generation {self.engine.good.generation}")
+            log("ready", generation=self.engine.good.generation, status_socket=str(self.config.status_socket))
+            tasks = [
+                asyncio.create_task(self._applier()),
+                asyncio.create_task(self._watch()),
+                asyncio.create_task(self._resync()),
+                asyncio.create_task(self._watchdog()),
+            ]
+            await self._stop.wait()
+            notify("STOPPING=1")
+            log("stopping", note="nginx and IPVS are left serving")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            server.close()
+            self.config.status_socket.unlink(missing_ok=True)
+            return 0
+        finally:
+            self.engine.l4.close()
+            self.engine.store.unlock()
+
+    def mark(self, reason: str) -> None:
+        now = time.monotonic()
+        if not self._dirty.is_set():
+            self._first_change = now
+        self._last_change = now
+        self._reasons.add(reason)
+        self._dirty.set()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _applier(self) -> None:
+        while True:
+            await self._dirty.wait()
+            while True:
+                now = time.monotonic()
+                quiet = now - self._last_change
+                waited = now - self._first_change
+                if quiet >= self.config.wait_min or waited >= self.config.wait_max:
+                    break
+                await asyncio.sleep(min(self.config.wait_min - quiet, self.config.wait_max - waited))
+            self._dirty.clear()
+            reasons, self._reasons = self._reasons, set()
+            await self._apply(",".join(sorted(reasons)))
+
+    async def _apply(self, reason: str) -> ApplyReport | None:
+        start = time.perf_counter()
+        self._applying = True
+        try:
+            if "resync" in reason:
+                for repaired in await asyncio.to_thread(self.engine.repair):
+                    log("repaired", what=repaired)
+            snap = await asyncio.to_thread(self.source.read)
+            report = await asyncio.to_thread(self.engine.apply, snap.docs, snap.issues, snap.failed_files)
+        except Exception as exc:  # the loop must survive anything one apply does
+            log("apply_error", reason=reason, error=f"{type(exc).__name__}: {exc}")
+            return None
+        finally:
+            self._applying = False
+        seconds = time.perf_counter() - start
+        self.metrics.observe(report, seconds, len(self.engine.good.status))
+        if report.result != "nothing to do" or report.quarantined:
+            log(
+                "apply",
+                reason=reason,
+                result=report.result,
+                generation=report.generation,
+                changed=report.changed,
+                quarantined={k: [str(i) for i in v] for k, v in report.quarantined.items()},
+                error=report.error or None,
+                seconds=round(seconds, 4),
+                timings={k: round(v, 4) for k, v in report.timings.items()},
+            )
+        return report
+
+    async def _watch(self) -> None:
+        """inotify through watchfiles; polling where inotify is unavailable or asked for."""
+        from watchfiles import awatch
+
+        directory = self.config.documents
+        while True:
+            if not directory.is_dir():
+                await asyncio.sleep(1)
+                continue
+            force_polling = True if self.config.watch == "poll" else None
+            try:
+                async for _ in awatch(
+                    directory, debounce=50, step=20, force_polling=force_polling, poll_delay_ms=500, recursive=True
+                ):
+                    self.mark("documents")
+            except (OSError, RuntimeError) as exc:
+                log("watch_error", error=str(exc), fallback="polling")
+                self.config = self.config.model_copy(update={"watch": "poll"})
+            await asyncio.sleep(1)
+            self.mark("documents")
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_interval)
+            self.mark("resync")
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _reconfigure(self) -> None:
+        try:
+            config = AgentConfig.load(self.config_path)
+        except ConfigError as exc:
+            log("config_error", error=str(exc), note="keeping the running configuration")
+            return
+        notify("RELOADING=1")
+        self.config = config
+        self.engine.config = config
+        self.engine.settings = type(self.engine.settings).load(config.settings)
+        self.source = FileSource([config.documents])
+        log("config_reloaded", path=str(self.config_path))
+        self.mark("sighup")
+        notify("READY=1")
+
+    # ------------------------------------------------------------------ status
+
+    def snapshot(self, request: str) -> dict[str, Any]:
+        engine = self.engine
+        active, draining = engine.nginx.workers()
+        master = engine.nginx.master()
+        last = engine.last_report
+        return {
+            "agent": {
+                "pid": os.getpid(),
+                "started_at": self.started,
+                "documents": str(self.config.documents),
+                "applying": self._applying,
+                "last_apply": None
+                if last is None
+                else {
+                    "result": last.result,
+                    "error": last.error,
+                    "changed": last.changed,
+                    "timings": last.timings,
+                },
+            },
+            "nginx": {
+                "master_pid": master.pid if master else None,
+                "generation": engine.good.generation,
+                "workers": active,
+                "draining_workers": len(draining),
+            },
+            "ipvs": {
+                "available": engine.l4.available,
+                "error": engine.l4.unavailable or None,
+                "services": engine.l4.service_count(),
+            },
+            "load_balancers": engine.good.status,
+        }
+
+
+def run_agent(config_path: Path | None) -> int:
+    try:
+        config = AgentConfig.load(config_path)
+    except ConfigError as exc:
+        print(f"clbagent run: {exc}", file=sys.stderr)
+        return 2
+    agent = Agent(config_path, config)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(agent.run())
+    return 0

@@ -1,0 +1,427 @@
+"""One apply: desired state in, the host serving it (or the last good state) out.
+
+The order of an apply:
+
+1. validate every document; a document with errors keeps its last good version (quarantine);
+2. compile each load balancer on its own (one nginx unit per load balancer);
+3. if the nginx file set is byte-identical to the served generation, nginx is left alone;
+4. VIPs are put on the host (``nginx -t`` binds them), the new generation is staged and tested;
+   when the test fails, only the load balancers changed since the last good generation can be the
+   cause: they are bisected, the culprits keep their last good version, the rest goes on;
+5. IPVS is reconciled (new destinations before old ones go, undo on failure);
+6. ``current`` is switched, nginx reloads, the reload is verified; any failure switches back,
+   reloads and verifies again, and IPVS is put back to the last good plan;
+7. the new good state is written to the state directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from clbagent.agent.config import AgentConfig
+from clbagent.agent.l4plane import L4Plane
+from clbagent.agent.store import GoodState, Store
+from clbagent.agent.vips import prepare_vips
+from clbagent.errors import Code, Issue
+from clbagent.l4 import IpvsPlan, plan_ipvs
+from clbagent.l7 import names
+from clbagent.l7.compile import compile_lb, main_conf
+from clbagent.l7.quote import UnsafeTextError
+from clbagent.nginx.controller import NginxController
+from clbagent.settings import Settings
+from clbagent.validate import DesiredState, validate_documents
+
+Files = dict[str, str]
+
+
+@dataclass
+class ApplyReport:
+    """What one apply did, for the exit code, the status and the metrics."""
+
+    result: str = "nothing to do"  # applied | nothing to do | rolled back | failed
+    generation: int | None = None
+    changed: list[str] = field(default_factory=list)
+    quarantined: dict[str, list[Issue]] = field(default_factory=dict)
+    issues: list[Issue] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    reloaded: bool = False
+    nginx_tests: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("applied", "nothing to do")
+
+
+@dataclass
+class Compiled:
+    """The effective desired state and its nginx units (one per load balancer with L7)."""
+
+    state: DesiredState
+    units: dict[str, Files]
+    failed: dict[str, list[Issue]] = field(default_factory=dict)
+
+
+def revision(raw: Any) -> str:
+    """A short content hash of a raw document: what `status` calls its revision."""
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Engine:
+    """Owns the nginx controller, the IPVS plane and the good state of one host."""
+
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self.store = Store(config.state_dir)
+        self.nginx = NginxController(config.nginx_root, config.nginx_binary, config.reload_timeout)
+        self.settings = Settings.load(config.settings)
+        self.l4 = L4Plane(config)
+        self.good = GoodState()
+        self.good_units: dict[str, Files] = {}
+        self.good_plan = IpvsPlan()
+        self.secret = b""
+        self.last_report: ApplyReport | None = None
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> None:
+        """Serve the last good state: the generation it names is current and nginx runs it."""
+        self.store.prepare()
+        self.secret = self.store.secret()
+        self.nginx.generations.prepare()
+        self.good = self.store.load()
+        gens = self.nginx.generations
+        if self.good.generation is not None and self.good.generation not in gens.numbers():
+            self.good = GoodState()
+        compiled = self._compile(list(self.good.documents.items()))
+        self.good_units = compiled.units
+        self.good_plan = self._plan(compiled.state)
+        if self.good.generation is None:
+            return
+        if gens.current() != self.good.generation:
+            # Killed between the switch and the verification: go back to what was proven.
+            gens.switch(self.good.generation)
+            if self.nginx.master() is not None:
+                self.nginx.reload()
+        self.nginx.ensure_running()
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, docs: list[tuple[str, Any]], load_issues: list[Issue], failed_files: set[str]) -> ApplyReport:
+        report = ApplyReport(generation=self.good.generation)
+        t = time.perf_counter()
+        new = validate_documents(docs, self.settings)
+        bad = {d.source for d in new.documents if not d.ok}
+        bad |= {src for src, _ in docs if any(_under(i.path, src) for i in load_issues)}
+        effective = self._effective(docs, bad, failed_files)
+        report.issues = load_issues + new.issues
+        report.timings["validate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        compiled = self._compile(effective) if (bad or failed_files) else self._compile_state(new)
+        report.timings["compile"] = time.perf_counter() - t
+
+        served_sources = dict(effective)
+        self._note_quarantine(report, new, docs, bad, load_issues, failed_files)
+        for lb_id, issues in compiled.failed.items():
+            report.quarantined.setdefault(lb_id, []).extend(issues)
+
+        units = {**compiled.units}
+        for lb_id in compiled.failed:  # could not compile: keep the last good unit
+            if lb_id in self.good_units:
+                units[lb_id] = self.good_units[lb_id]
+        files = self._compose(units)
+        gens = self.nginx.generations
+        unchanged = self.good.generation is not None and files == self._compose(self.good_units)
+        plan = self._plan(compiled.state)
+
+        vip_errors = prepare_vips(self._vips(compiled.state), self.config.vip_interface, self.l4.available)
+        staged = None
+        if not unchanged:
+            t = time.perf_counter()
+            staged = gens.stage(files, self.good.generation)
+            report.timings["write"] = time.perf_counter() - t
+            t = time.perf_counter()
+            check = self.nginx.test(staged.number)
+            report.nginx_tests += 1
+            if not check.ok:
+                gens.discard(staged.number)
+                culprits = self._bisect(units, check.output, report)
+                for lb_id, reason in culprits.items():
+                    hint = f" ({vip_errors[lb_id]})" if lb_id in vip_errors else ""
+                    report.quarantined.setdefault(lb_id, []).append(
+                        Issue(lb_id, Code.FAILED_OPERATION, f"nginx refused its configuration: {reason}{hint}")
+                    )
+                    served_sources = {
+                        s: raw for s, raw in served_sources.items() if self._root_of(s) != lb_id
+                    } | {s: raw for s, raw in self.good.documents.items() if self._root_of(s) == lb_id}
+                    if lb_id in self.good_units:
+                        units[lb_id] = self.good_units[lb_id]
+                    else:
+                        units.pop(lb_id, None)
+                compiled = self._compile(list(served_sources.items()))
+                plan = self._plan(compiled.state)
+                files = self._compose(units)
+                unchanged = files == self._compose(self.good_units)
+                if not unchanged:
+                    staged = gens.stage(files, self.good.generation)
+                    check = self.nginx.test(staged.number)
+                    report.nginx_tests += 1
+                    if not check.ok:  # the good units alone pass; this should not happen
+                        gens.discard(staged.number)
+                        report.result, report.error = "failed", f"nginx -t: {_excerpt(check.output)}"
+                        return self._finish(report)
+            report.timings["nginx_test"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        l4_report = self.l4.apply(plan, self._vips(compiled.state))
+        report.timings["ipvs"] = time.perf_counter() - t
+        if l4_report.error:
+            if staged is not None:
+                gens.discard(staged.number)
+            report.result, report.error = "rolled back", f"IPVS: {l4_report.error}"
+            return self._finish(report)
+        for lb_id, message in self.l4.notes(plan).items():
+            report.issues.append(Issue(lb_id, Code.FAILED_OPERATION, message, "warning"))
+
+        if not unchanged and staged is not None:
+            t = time.perf_counter()
+            error = self._switch(staged.number)
+            report.timings["reload"] = time.perf_counter() - t
+            if error:
+                report.result, report.error = "rolled back", error
+                self._rollback(staged.number)
+                return self._finish(report)
+            report.reloaded = True
+            report.generation = staged.number
+        elif self.nginx.master() is None and self.good.generation is not None:
+            self.nginx.ensure_running()
+
+        report.changed = sorted(
+            set(units) ^ set(self.good_units) | {k for k in units if units[k] != self.good_units.get(k)}
+        )
+        report.result = "applied" if (report.changed or not unchanged) else "nothing to do"
+        self._commit(report, served_sources, units, plan, docs)
+        return self._finish(report)
+
+    def repair(self) -> list[str]:
+        """Periodic repair: restart a dead master, restore hand-edited generated files."""
+        done: list[str] = []
+        gen = self.good.generation
+        if gen is None:
+            return done
+        gens = self.nginx.generations
+        if gens.current() != gen:
+            gens.switch(gen)
+            done.append("current generation restored")
+        if gens.files(gen) != self._compose(self.good_units):
+            staged = gens.stage(self._compose(self.good_units), None)
+            if self.nginx.test(staged.number).ok and not self._switch(staged.number):
+                self.good.generation = staged.number
+                self.store.save(self.good)
+                done.append(f"generated files restored as generation {staged.number}")
+            else:
+                gens.switch(gen)
+                gens.discard(staged.number)
+        if self.nginx.master() is None:
+            self.nginx.ensure_running()
+            done.append("nginx master restarted")
+        return done
+
+    # ------------------------------------------------------------------ steps
+
+    def _effective(self, docs: list[tuple[str, Any]], bad: set[str], failed_files: set[str]) -> list[tuple[str, Any]]:
+        """The documents to serve: new ones where valid, the last good version where not."""
+        out = [(s, raw) for s, raw in docs if s not in bad]
+        out += [(s, self.good.documents[s]) for s, _ in docs if s in bad and s in self.good.documents]
+        present = {s for s, _ in docs}
+        out += [
+            (s, raw)
+            for s, raw in self.good.documents.items()
+            if s not in present and any(_in_file(s, f) for f in failed_files)
+        ]
+        return out
+
+    def _compile_state(self, state: DesiredState) -> Compiled:
+        out = Compiled(state, {})
+        for lb_id, lb in state.load_balancers().items():
+            if all(lis.is_l4 for lis in lb.listeners):
+                continue
+            try:
+                text, files, _ = compile_lb(lb, state.catalog, frozenset(), self.secret)
+            except UnsafeTextError as exc:
+                out.failed[lb_id] = [Issue(lb_id, Code.FORMAT_ERROR, f"not rendered, unsafe text: {exc}")]
+                continue
+            out.units[lb_id] = {names.lb_file(lb_id): text, **files}
+        return out
+
+    def _compile(self, docs: list[tuple[str, Any]]) -> Compiled:
+        return self._compile_state(validate_documents(docs, self.settings))
+
+    def _compose(self, units: dict[str, Files]) -> Files:
+        files = {"nginx.conf": main_conf(str(self.config.nginx_root), self.config.worker_shutdown_timeout)}
+        for lb_id in sorted(units):
+            files.update(units[lb_id])
+        return files
+
+    def _plan(self, state: DesiredState) -> IpvsPlan:
+        return plan_ipvs(state)
+
+    def _vips(self, state: DesiredState) -> dict[str, str]:
+        """Every VIP of the served load balancers → the load balancer using it."""
+        return {str(v): lb_id for lb_id, lb in state.load_balancers().items() for v in lb.load_balancer_vips}
+
+    def _bisect(self, units: dict[str, Files], failed_output: str, report: ApplyReport) -> dict[str, str]:
+        """The changed load balancers whose new unit makes ``nginx -t`` fail, found by bisection
+        among the changed ones only (the last good generation passed). Those that pass join the
+        base as soon as they are cleared, so later halves are tested with them."""
+        changed = sorted(k for k in set(units) | set(self.good_units) if units.get(k) != self.good_units.get(k))
+        base = dict(self.good_units)
+        culprits: dict[str, str] = {}
+
+        def with_changes(selection: list[str]) -> dict[str, Files]:
+            trial = dict(base)
+            for k in selection:
+                if k in units:
+                    trial[k] = units[k]
+                else:
+                    trial.pop(k, None)
+            return trial
+
+        def search(group: list[str], output: str | None) -> None:
+            if output is None:
+                staged = self.nginx.generations.stage(self._compose(with_changes(group)), self.good.generation)
+                check = self.nginx.test(staged.number)
+                self.nginx.generations.discard(staged.number)
+                report.nginx_tests += 1
+                if check.ok:
+                    base.update(with_changes(group))
+                    for k in group:
+                        if k not in units:
+                            base.pop(k, None)
+                    return
+                output = check.output
+            if len(group) == 1:
+                culprits[group[0]] = _excerpt(output)
+                return
+            half = len(group) // 2
+            search(group[:half], None)
+            search(group[half:], None)
+
+        if changed:
+            search(changed, failed_output)
+        return culprits
+
+    def _switch(self, number: int) -> str:
+        """Make a staged generation current and serving; '' when verified, else the error."""
+        self.nginx.generations.switch(number)
+        if self.nginx.master() is None:
+            try:
+                self.nginx.start()
+            except Exception as exc:  # any start failure is reported and rolled back
+                return str(exc)
+            return ""
+        result = self.nginx.reload()
+        return "" if result.ok else f"reload not taken: {result.error}"
+
+    def _rollback(self, failed: int) -> None:
+        gens = self.nginx.generations
+        if self.good.generation is not None:
+            gens.switch(self.good.generation)
+            if self.nginx.master() is not None:
+                self.nginx.reload()
+            else:
+                self.nginx.ensure_running()
+        gens.discard(failed)
+        self.l4.apply(self.good_plan, {})
+
+    def _commit(
+        self,
+        report: ApplyReport,
+        served: dict[str, Any],
+        units: dict[str, Files],
+        plan: IpvsPlan,
+        docs: list[tuple[str, Any]],
+    ) -> None:
+        now = time.time()
+        generation = report.generation
+        status: dict[str, dict[str, Any]] = {}
+        desired = {self._root_of(s, raw): revision(raw) for s, raw in docs}
+        served_roots = {self._root_of(s, raw): (s, raw) for s, raw in served.items()}
+        previous = self.good.status
+        for root in sorted(set(desired) | set(served_roots) | set(report.quarantined)):
+            source, raw = served_roots.get(root, ("", None))
+            rev = revision(raw) if raw is not None else None
+            old = previous.get(root, {})
+            changed = rev != old.get("revision") or root in report.changed
+            errors = [i.to_dict() for i in report.quarantined.get(root, [])]
+            status[root] = {
+                "source": source,
+                "revision": rev,
+                "desired_revision": desired.get(root),
+                "generation": generation if changed else old.get("generation", generation),
+                "applied_at": now if changed else old.get("applied_at", now),
+                "result": "quarantined" if errors else "applied",
+                "errors": errors,
+            }
+        self.good = GoodState(generation, dict(sorted(served.items())), status)
+        self.good_units = units
+        self.good_plan = plan
+        self.store.save(self.good)
+        gens = self.nginx.generations
+        gens.prune(self.config.keep_generations, {generation} if generation is not None else set())
+
+    def _note_quarantine(
+        self,
+        report: ApplyReport,
+        new: DesiredState,
+        docs: list[tuple[str, Any]],
+        bad: set[str],
+        load_issues: list[Issue],
+        failed_files: set[str],
+    ) -> None:
+        for doc in new.documents:
+            if doc.source in bad:
+                errors = [i for i in doc.issues if i.severity == "error"]
+                errors += [i for i in load_issues if _under(i.path, doc.source)]
+                report.quarantined.setdefault(doc.root, []).extend(errors)
+        for f in failed_files:
+            report.quarantined.setdefault(self._root_of_file(f), []).extend(i for i in load_issues if _under(i.path, f))
+
+    def _root_of(self, source: str, raw: Any = None) -> str:
+        raw = raw if raw is not None else self.good.documents.get(source)
+        if isinstance(raw, dict):
+            ident = raw.get("LoadBalancerId") or raw.get("loadBalancerId")
+            if isinstance(ident, str) and ident:
+                return ident
+        return source
+
+    def _root_of_file(self, path: str) -> str:
+        roots = [self._root_of(s) for s in self.good.documents if _in_file(s, path)]
+        return roots[0] if len(roots) == 1 else path
+
+    def _finish(self, report: ApplyReport) -> ApplyReport:
+        if report.generation is None:
+            report.generation = self.good.generation
+        self.last_report = report
+        return report
+
+
+def _under(path: str, source: str) -> bool:
+    return path == source or path.startswith(f"{source}/")
+
+
+def _in_file(source: str, path: str) -> bool:
+    """Whether a document came from ``path`` (a file, or a directory that could not be read)."""
+    return source == path or source.startswith((f"{path}#", f"{path}/"))
+
+
+def _excerpt(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if "[emerg]" in line or "failed" in line]
+    text = (lines or output.strip().splitlines() or ["nginx -t failed"])[0]
+    return text.split("] ", 1)[-1][:300]
+

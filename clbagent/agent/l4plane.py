@@ -1,0 +1,72 @@
+"""The IPVS side of an apply, on hosts that have it and on hosts that do not.
+
+A host without ``ip_vs`` (a plain container, a kernel built without it) still serves L7: the L4
+part is reported as unavailable, per load balancer, with the reason, never as a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from clbagent.agent.config import AgentConfig
+from clbagent.agent.vips import is_local
+from clbagent.l4 import IpvsPlan
+
+
+@dataclass
+class L4Result:
+    error: str = ""
+    operations: int = 0
+    draining: int = 0
+
+
+class L4Plane:
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self._applier = None
+        self.unavailable = "" if config.l4 != "off" else "IPVS is switched off in the agent config (l4: off)"
+        self._tried = config.l4 == "off"
+
+    @property
+    def available(self) -> bool:
+        if not self._tried:
+            self._tried = True
+            try:
+                from clbagent.l4.apply import L4Applier
+
+                self._applier = L4Applier(self.config.vip_interface, self.config.drain_timeout)
+            except Exception as exc:  # any kernel refusal means: no L4 here
+                self.unavailable = f"IPVS is not available on this host ({_reason(exc)})"
+        return self._applier is not None
+
+    def apply(self, plan: IpvsPlan, l7_vips: dict[str, str]) -> L4Result:
+        if not self.available:
+            if self.config.l4 == "on" and plan.services:
+                return L4Result(error=self.unavailable)
+            return L4Result()
+        vips = plan.vips | {v for v in l7_vips if not is_local(v, self.config.vip_interface)}
+        report = self._applier.apply(replace(plan, vips=frozenset(vips)))
+        if not report.ok:
+            return L4Result(error="; ".join(report.errors()))
+        return L4Result(operations=len(report.ops), draining=report.draining)
+
+    def notes(self, plan: IpvsPlan) -> dict[str, str]:
+        """Per load balancer with TCP/UDP listeners: why they are not programmed, if they are not."""
+        if self.available or not plan.services:
+            return {}
+        return {svc.owner.split("/")[0]: f"TCP/UDP listeners not served: {self.unavailable}" for svc in plan.services}
+
+    def service_count(self) -> int | None:
+        if not self.available:
+            return None
+        return len(self._applier.kernel.services())
+
+    def close(self) -> None:
+        if self._applier is not None:
+            self._applier.close()
+
+
+def _reason(exc: Exception) -> str:
+    text = getattr(exc, "stderr", b"") or b""
+    text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+    return (text.strip().splitlines() or [str(exc) or type(exc).__name__])[-1][:200]

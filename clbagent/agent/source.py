@@ -1,0 +1,83 @@
+"""Document files and directories as a source of desired state (the embedded default source).
+
+Only files whose metadata changed since the last read are parsed again (a one-document edit among
+a thousand re-reads one file). A change to any other file under the directory (a certificate named
+by ``CertFile``) drops the cache, since any document may read it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clbagent.errors import Code, Issue
+from clbagent.loader import SUFFIXES, document_files, load
+
+_Stat = tuple[int, int, int]
+
+
+@dataclass
+class Snapshot:
+    """Every document of the source, and the files that could not be read or parsed."""
+
+    docs: list[tuple[str, Any]] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    failed_files: set[str] = field(default_factory=set)
+    files_read: int = 0
+
+
+class FileSource:
+    """Files and directories of documents; ``read`` returns them all, parsing only what changed."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        self._cache: dict[str, tuple[_Stat, list[tuple[str, Any]], list[Issue]]] = {}
+        self._others: dict[str, _Stat] = {}
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+    def read(self) -> Snapshot:
+        snap = Snapshot()
+        missing = [p for p in self.paths if not p.exists()]
+        for p in missing:
+            snap.issues.append(Issue(str(p), Code.RESOURCE_NOT_FOUND, "no such file or directory"))
+            snap.failed_files.add(str(p))
+        others = {
+            str(f): _stat(f)
+            for p in self.paths
+            if p.is_dir()
+            for f in p.rglob("*")
+            if f.is_file() and f.suffix not in SUFFIXES
+        }
+        if others != self._others:
+            self._cache.clear()
+            self._others = others
+        files = document_files([p for p in self.paths if p.exists()])
+        present = {str(f) for f in files}
+        for gone in set(self._cache) - present:
+            del self._cache[gone]
+        for f in files:
+            key, st = str(f), _stat(f)
+            cached = self._cache.get(key)
+            if cached is None or cached[0] != st:
+                docs, issues = load([f])
+                cached = (st, docs, issues)
+                self._cache[key] = cached
+                snap.files_read += 1
+            _, docs, issues = cached
+            snap.docs.extend(docs)
+            snap.issues.extend(issues)
+            if issues and not docs:
+                snap.failed_files.add(key)
+        return snap
+
+
+def _stat(path: Path) -> _Stat:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -1,0 +1,131 @@
+"""Generations: each configuration nginx may serve is a complete, immutable directory.
+
+Layout under the nginx root (``<state_dir>/nginx``)::
+
+    current -> generations/g000042      the configuration the master reads (symlink)
+    generations/g000041/ g000042/       nginx.conf, conf.d/, certs/ (0700, keys 0600)
+    logs/ run/ tmp/                     runtime, shared by every generation
+
+A new generation hard-links every file that is unchanged from its base generation and writes only
+the files that differ, so staging costs grow with the size of the change. Files of a generation are
+never modified afterwards: an older generation is always a valid rollback target. The switch is a
+``rename`` of a temporary symlink over ``current``, which is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNTIME_DIRS = ("logs", "run", "tmp")
+_GEN = re.compile(r"^g(\d{6,})$")
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A generation written to disk and what it cost."""
+
+    number: int
+    path: Path
+    written: tuple[str, ...]  # relative paths written anew (the rest are hard links)
+
+
+class Generations:
+    """The generation directories of one nginx root."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.dir = root / "generations"
+        self.current_link = root / "current"
+
+    def prepare(self) -> None:
+        """Create the root, the runtime directories and the generations directory (0700)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name in RUNTIME_DIRS:
+            (self.root / name).mkdir(exist_ok=True)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        self.dir.chmod(0o700)
+
+    def numbers(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.dir.iterdir() if (m := _GEN.match(p.name)) and p.is_dir())
+
+    def path(self, number: int) -> Path:
+        return self.dir / f"g{number:06d}"
+
+    def current(self) -> int | None:
+        """The generation ``current`` points at, if any."""
+        try:
+            target = os.readlink(self.current_link)
+        except OSError:
+            return None
+        m = _GEN.match(Path(target).name)
+        return int(m.group(1)) if m and self.path(int(m.group(1))).is_dir() else None
+
+    def files(self, number: int) -> dict[str, str]:
+        """Every file of a generation (relative path → text)."""
+        base = self.path(number)
+        return {
+            str(p.relative_to(base)): p.read_text()
+            for p in sorted(base.rglob("*"))
+            if p.is_file() and not p.is_symlink()
+        }
+
+    def stage(self, files: dict[str, str], base: int | None) -> Staged:
+        """Write ``files`` as a new generation, hard-linking what is unchanged in ``base``."""
+        numbers = self.numbers()
+        number = (max(numbers) if numbers else 0) + 1
+        target = self.path(number)
+        tmp = self.dir / f".staging-{number}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        base_dir = self.path(base) if base is not None else None
+        written: list[str] = []
+        tmp.mkdir()
+        for rel, text in sorted(files.items()):
+            dest = tmp / rel
+            if not dest.parent.is_dir():
+                dest.parent.mkdir(parents=True, mode=0o700 if rel.startswith("certs/") else 0o755)
+            secret = rel.startswith("certs/")
+            data = text.encode()
+            old = base_dir / rel if base_dir is not None else None
+            if old is not None and _same(old, data):
+                os.link(old, dest)
+                continue
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            written.append(rel)
+        os.rename(tmp, target)
+        return Staged(number, target, tuple(written))
+
+    def switch(self, number: int) -> None:
+        """Point ``current`` at a generation, atomically."""
+        tmp = self.root / ".current.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(self.path(number), self.root), tmp)
+        os.replace(tmp, self.current_link)
+
+    def discard(self, number: int) -> None:
+        shutil.rmtree(self.path(number), ignore_errors=True)
+
+    def prune(self, keep: int, protect: set[int]) -> list[int]:
+        """Remove all but the newest ``keep`` generations (never one in ``protect``) and any
+        half-written staging directory left by an interrupted agent."""
+        for leftover in self.dir.glob(".staging-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        numbers = self.numbers()
+        removed = [n for n in numbers[: max(0, len(numbers) - keep)] if n not in protect]
+        for n in removed:
+            self.discard(n)
+        return removed
+
+
+def _same(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
