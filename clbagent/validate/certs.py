@@ -13,33 +13,59 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from clbagent.errors import Code, Issue
 from clbagent.model import Certificate
 
-BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----\n(.*?)\n-----END \1-----", re.S)
 KEY_LABELS = ("RSA PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY")
 B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
+LABEL = re.compile(r"^-----(BEGIN|END) ([A-Z ]{1,40})-----$")
+MAX_BLOCKS = 10  # a server certificate and its intermediates
+
+
+def _blocks(lines: list[str]) -> tuple[list[tuple[str, list[str]]], bool]:
+    """The (label, body lines) of each BEGIN/END block, and whether text lies outside them; one pass."""
+    blocks: list[tuple[str, list[str]]] = []
+    outside = False
+    current: tuple[str, list[str]] | None = None
+    for line in lines:
+        m = LABEL.match(line)
+        if current is None:
+            if m and m.group(1) == "BEGIN":
+                current = (m.group(2), [])
+            elif line.strip():
+                outside = True
+        elif m and m.group(1) == "END" and m.group(2) == current[0]:
+            blocks.append(current)
+            current = None
+        elif m:
+            return [], True  # a block opened inside another, or closed with another label
+        else:
+            current[1].append(line)
+    return blocks, outside or current is not None
 
 
 def _layout(text: str, labels: tuple[str, ...], what: str) -> list[str]:
-    """Problems with the PEM layout of ``text``; empty when every block is well formed."""
+    """Problems with the PEM layout of ``text``; empty when every block is well formed. Linear in
+    the text: certificates are tenant input."""
     body = text.replace("\r\n", "\n").strip("\n")
-    problems: list[str] = []
     if not body.startswith("-----BEGIN "):
         return [f"{what} must be PEM text starting with a '-----BEGIN ...-----' line"]
-    blocks = list(BLOCK.finditer(body))
+    lines = body.split("\n")
+    blocks, outside = _blocks(lines)
     if not blocks:
         return [f"{what} has no complete BEGIN/END block"]
-    rest = BLOCK.sub("", body)
-    if rest.strip():
+    if len(blocks) > MAX_BLOCKS:
+        return [f"{what} has more than {MAX_BLOCKS} PEM blocks"]
+    problems: list[str] = []
+    if outside:
         problems.append(f"{what} has text outside its BEGIN/END blocks")
-    elif "\n\n" in body or re.search(r"\n[ \t]*\n", body):
+    elif any(not ln.strip() for ln in lines):
         problems.append(f"{what} must not contain blank lines (not even between chained certificates)")
-    for n, block in enumerate(blocks, 1):
-        if block.group(1) not in labels:
-            problems.append(f"{what} block {n} is '{block.group(1)}', expected {' or '.join(labels)}")
+    for n, (label, block) in enumerate(blocks, 1):
+        if label not in labels:
+            problems.append(f"{what} block {n} is '{label}', expected {' or '.join(labels)}")
             continue
-        lines = [ln for ln in block.group(2).split("\n") if not ln.startswith(("Proc-Type", "DEK-Info"))]
-        if any(not B64_LINE.match(ln) for ln in lines if ln):
+        body_lines = [ln for ln in block if not ln.startswith(("Proc-Type", "DEK-Info"))]
+        if not body_lines or any(not B64_LINE.match(ln) for ln in body_lines if ln):
             problems.append(f"{what} block {n} body is not base64")
-        elif any(len(ln) != 64 for ln in lines[:-1]) or len(lines[-1]) > 64:
+        elif any(len(ln) != 64 for ln in body_lines[:-1]) or len(body_lines[-1]) > 64:
             problems.append(f"{what} block {n} body lines must be 64 characters (the last at most 64)")
     return problems
 
