@@ -71,6 +71,18 @@ def render_data_file(upstreams: Mapping[str, Upstream]) -> str:
     return json.dumps(doc, sort_keys=True, indent=1) + "\n"
 
 
+def shared_dict_size(upstreams: Mapping[str, Upstream]) -> str:
+    """``lua_shared_dict clb_upstreams`` size for these upstreams: room for four times their JSON
+    (nginx's slab allocator rounds entries up to a power of two; members may grow between
+    renders), rounded up to a power of two megabytes so that small changes keep the size (a new
+    size empties the dict at the next reload, and the agent must then re-send everything)."""
+    payload = sum(len(json.dumps(u.to_json())) + 2 * len(name) + 256 for name, u in upstreams.items())
+    megabytes = 4
+    while megabytes * 1024 * 1024 < 4 * payload:
+        megabytes *= 2
+    return f"{megabytes}m"
+
+
 @dataclass(frozen=True)
 class Held:
     """What nginx holds: ``instance`` changes when its shared memory was recreated empty."""
@@ -164,6 +176,22 @@ class UpstreamsChannel:
         if status != 200:
             raise ChannelError(status, data.get("error", ""), data.get("path", ""))
         return True
+
+    def sync(self, desired: Mapping[str, Upstream]) -> list[str]:
+        """Make nginx hold exactly ``desired`` (after a reload, an agent start, a lost dict): send
+        the upstreams it holds differently, delete those it should not hold, then check. Returns
+        the names changed; raises ChannelError (409) when nginx still holds something else."""
+        held = self.held()
+        stale = {n: u for n, u in desired.items() if held.upstreams.get(n) != u}
+        extra = sorted(set(held.upstreams) - set(desired))
+        if stale:
+            self.send(stale)
+        for name in extra:
+            self.delete(name)
+        left = differences(desired, self.held())
+        if left:
+            raise ChannelError(409, "; ".join(left))
+        return sorted([*stale, *extra])
 
     def held(self) -> Held:
         status, data = self._call("GET", "/upstreams")

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from clbagent.nginx.upstreams_channel import ChannelError, Member, Sticky, Upstream, differences
+from clbagent.nginx.upstreams_channel import (
+    ChannelError,
+    Member,
+    Sticky,
+    Upstream,
+    differences,
+    shared_dict_size,
+)
 from tests.l7.conftest import Backend, http_get
 
 from .conftest import LuaNginx, free_port, wait_for
@@ -244,9 +251,30 @@ def test_changed_dict_size_loses_state_and_a_resend_restores_it(lua_nginx: Calla
         assert lost.instance != before.instance, "the agent sees the dict was recreated"
         assert differences(sent, lost), "nginx fell back to the data file"
         assert set(hits(served, "pool", 6)) == {"a"}
-        ch.send(sent)
-        assert not differences(sent, ch.held())
+        assert ch.sync(sent) == ["pool"]
+        assert ch.sync(sent) == []
     assert set(hits(served, "pool", 6)) == {"b"}
+
+
+def test_a_large_state_fits_the_sized_dict_and_syncs(lua_nginx: Callable[..., LuaNginx], backends) -> None:
+    a = backends("a")
+    served = lua_nginx({"pool": Upstream((member(a),))}, shm="4m")
+    big = {
+        f"u{i}": Upstream(tuple(Member(f"10.{i // 250}.{i % 250}.{j}:8080", 1 + j % 100) for j in range(100)))
+        for i in range(300)
+    }
+    desired = {**big, "pool": Upstream((member(a),))}
+    size = shared_dict_size(desired)
+    assert size == "8m"
+    served.write({"pool": Upstream((member(a),)), "gone": Upstream(())}, shm=size)
+    served.nginx.reload()
+    with served.channel() as ch:
+        assert "gone" in ch.held().upstreams
+        changed = ch.sync(desired)
+        assert set(changed) == {*big, "gone"}
+        assert not differences(desired, ch.held())
+        assert set(ch.held().upstreams) == set(desired)
+    assert set(hits(served, "pool", 4)) == {"a"}
 
 
 def test_delete_and_unknown_upstream(lua_nginx: Callable[..., LuaNginx], backends) -> None:
