@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from clbagent.model import Listener, LoadBalancer, Rule
 
+from .quote import UnsafeTextError
+
 DEFAULT_CODE = 301
 
 
@@ -34,6 +36,9 @@ def manual_redirects(lb: LoadBalancer) -> dict[str, tuple[str, str]]:
         if target is None:
             continue
         lis, rule = target
+        user = [rule.domain] if rw.take_url else [rule.domain, rule.parsed_url.pattern]
+        if any("$" in text for text in user):  # nginx would read "$name" in a return URL as a variable
+            raise UnsafeTextError(f"redirect target {rule.id} has '$' in the domain or URL the redirect names")
         path = "$request_uri" if rw.take_url else rule.parsed_url.pattern
         out[rw.source_location_id] = (str(rw.rewrite_code or DEFAULT_CODE), _origin(lis, rule.domain) + path)
     return out

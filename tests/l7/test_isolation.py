@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from clbagent.cli import main
-from clbagent.l7 import names
+from clbagent.l7 import UnsafeTextError, names
+from clbagent.l7.redirects import manual_redirects
 from clbagent.l7.render import TEMPLATES
+from clbagent.model import LoadBalancer
 from tests.l7.conftest import client_context, compile_docs, https_get, listener, load_balancer, rule
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -158,3 +160,21 @@ def test_validate_reports_compiler_warnings_summarised(tmp_path, pki, backends, 
 def test_render_prints_no_empty_ipvs_section(tmp_path, pki, backends, capsys):
     assert _render(tmp_path, _h2_fleet(pki, backends, 1)) == 0
     assert "IPVS" not in capsys.readouterr().out
+
+
+def test_a_redirect_cannot_read_a_variable(tmp_path, backends, capsys):
+    """A manual redirect writes its target's URL into a ``return``, where nginx expands
+    ``$name``: validation refuses such targets, and the compiler refuses them again."""
+    b = backends("t")
+    rules = [
+        rule("t", HOST, "~^/x$clb_secret", [b.target()], DefaultServer=True),
+        rule("s", HOST, "/old", []),
+    ]
+    rewrite = {"SourceLocationId": "s", "TargetLocationId": "t", "RewriteCode": 301, "TakeUrl": False}
+    doc = load_balancer("lb-rw-var", VIP_A, [listener("l", "HTTP", 18524, rules)], Rewrites=[rewrite])
+    path = tmp_path / "doc.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(UnsafeTextError, match="redirect target t has '\\$'"):
+        manual_redirects(LoadBalancer.model_validate(doc))
