@@ -131,6 +131,7 @@ class Agent:
                 reason=reason,
                 result=report.result,
                 generation=report.generation,
+                reloaded=report.reloaded,
                 changed=report.changed,
                 quarantined={k: [str(i) for i in v] for k, v in report.quarantined.items()},
                 error=report.error or None,

@@ -13,6 +13,7 @@ outlives the agent: stopping or restarting clbagent never stops nginx.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -68,8 +69,29 @@ class NginxController:
             return proc
         return None
 
+    def orphans(self) -> list[psutil.Process]:
+        """Workers of this root whose master is gone (killed): they still hold the listening
+        sockets, so a new master could not bind until they go. Ours have our error log open."""
+        found = []
+        log = str(self.error_log)
+        for proc in psutil.process_iter(["name", "ppid"]):
+            try:
+                if proc.info["name"] != "nginx" or proc.info["ppid"] != 1 or "master" in _title(proc):
+                    continue
+                if any(f.path == log for f in proc.open_files()):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
     def start(self, timeout: float = 30.0) -> psutil.Process:
-        """Start a master on the current generation (nginx daemonizes itself)."""
+        """Start a master on the current generation (nginx daemonizes itself). Orphaned workers of a
+        killed master are asked to finish their requests and go first, so the new master can bind."""
+        orphans = self.orphans()
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGQUIT)
+        psutil.wait_procs(orphans, timeout=0.2)
         proc = subprocess.run(
             [self.binary, "-p", str(self.root), "-c", str(self.conf)],
             capture_output=True,
