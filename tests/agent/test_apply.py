@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -166,3 +169,27 @@ def _snapshot(host):
 
     snap = FileSource([host.documents]).read()
     return snap.docs, snap.issues, snap.failed_files
+
+
+@pytest.mark.parametrize("step", ["staged", "switched", "signalled"])
+def test_agent_killed_during_an_apply_converges_without_a_failed_request(host, backends, step):
+    b1, b2 = backends("b1"), backends("b2")
+    host.write("a.yaml", http_lb("lb-a", VIP_A, [b1.target()]))
+    assert host.cli("apply", "--config", str(host.config_path)).returncode == 0
+    with Load(VIP_A, 8080, "www.example.com") as load:
+        host.write("a.yaml", http_lb("lb-a", VIP_A, [b2.target()]))
+        crashed = subprocess.run(
+            [sys.executable, "-m", "tests.agent.crash_apply", step, "apply", "--config", str(host.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert crashed.returncode == -9, crashed.stderr
+        result = host.cli("apply", "--config", str(host.config_path))
+        assert result.returncode == 0, result.stdout + result.stderr
+        time.sleep(0.3)
+    assert http_get(VIP_A, 8080, "www.example.com").backend == "b2"
+    assert load.sent > 0 and load.failed == 0, load.errors[:5]
+    state = json.loads((host.config.state_dir / "state.json").read_text())
+    assert host.nginx().generations.current() == state["generation"]
+    assert len(host.nginx().generations.numbers()) <= host.config.keep_generations
