@@ -13,7 +13,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -68,33 +68,123 @@ def read_bounded(path: Path, limit: int, follow: bool = True) -> bytes:
     return data
 
 
-def _yaml_events_bounded(text: str, settings: Settings) -> None:
-    """Refuse YAML whose nesting or alias expansion exceeds the limits, from the event stream alone
-    (libyaml's parser is iterative; its composer recurses and would crash on deep input)."""
-    depth = 0
-    expanded = 0
-    sizes: dict[str, int] = {}
-    open_anchors: list[tuple[str | None, int]] = []
-    for event in yaml.parse(text, Loader=SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            expanded += sizes.get(event.anchor or "", 1)
-        elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
-            expanded += 1
-            if isinstance(event, yaml.ScalarEvent):
+NO_KEY = object()  # a mapping waiting for its next key
+
+
+class _YamlBuilder:
+    """Plain data straight from libyaml's event stream, bounded as it goes.
+
+    One pass does what a bounded load needs: nesting depth and alias expansion are counted on the
+    events (libyaml's own composer recurses and crashes on deep input), and documents without
+    anchors or tags (the usual case) are built here, several times faster than PyYAML's Python
+    constructor. Plain scalars are resolved with PyYAML's own YAML 1.1 rules."""
+
+    CONSTRUCTOR = yaml.constructor.SafeConstructor()
+    RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
+    STR = "tag:yaml.org,2002:str"
+    RESOLVED: ClassVar[dict[str, str]] = {}  # plain scalars known to stay strings (keys, mostly)
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.plain = True
+        self.depth = 0
+        self.expanded = 0
+        self.sizes: dict[str, int] = {}
+        self.stack: list[tuple[Any, str | None, int]] = []  # container, anchor, expanded at its start
+        self.keys: list[Any] = []  # for each open mapping: its pending key (or a marker)
+        self.docs: list[Any] = []
+
+    def run(self, text: str) -> list[Any] | None:
+        """The documents, or None when they must be built by the full loader (bounds still hold)."""
+        limit = self.settings.max_document_nodes
+        scalar_event, start_event, end_event = yaml.ScalarEvent, yaml.CollectionStartEvent, yaml.CollectionEndEvent
+        for event in yaml.parse(text, Loader=SafeLoader):
+            kind = type(event)
+            if kind is scalar_event:
+                self.expanded += 1
                 if event.anchor:
-                    sizes[event.anchor] = 1
-            else:
-                depth += 1
-                if depth > settings.max_document_depth:
-                    raise DocumentError(f"nested deeper than {settings.max_document_depth} levels")
-                open_anchors.append((event.anchor, expanded))
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-            anchor, start = open_anchors.pop()
-            if anchor:
-                sizes[anchor] = expanded - start + 1
-        if expanded > settings.max_document_nodes:
-            raise DocumentError(f"more than {settings.max_document_nodes} values (YAML aliases expanded)")
+                    self.sizes[event.anchor] = 1
+                    self.plain = False
+                if self.plain:
+                    self.add(self.scalar(event))
+            elif issubclass(kind, start_event):
+                self.open(event)
+            elif issubclass(kind, end_event):
+                self.close()
+            elif kind is yaml.AliasEvent:
+                self.expanded += self.sizes.get(event.anchor or "", 1)
+                self.plain = False
+            if self.expanded > limit:
+                raise DocumentError(f"more than {limit} values (YAML aliases expanded)")
+        return self.docs if self.plain else None
+
+    def open(self, event: Any) -> None:
+        self.expanded += 1
+        self.depth += 1
+        if self.depth > self.settings.max_document_depth:
+            raise DocumentError(f"nested deeper than {self.settings.max_document_depth} levels")
+        if event.anchor or (event.tag is not None and not event.implicit):
+            self.plain = False
+        self.stack.append(({} if isinstance(event, yaml.MappingStartEvent) else [], event.anchor, self.expanded))
+        self.keys.append(NO_KEY)
+
+    def close(self) -> None:
+        self.depth -= 1
+        container, anchor, start = self.stack.pop()
+        self.keys.pop()
+        if anchor:
+            self.sizes[anchor] = self.expanded - start + 1
+        if isinstance(container, list) and len(container) > self.settings.max_list_length:
+            raise DocumentError(f"a list holds more than {self.settings.max_list_length} items")
+        if self.plain:
+            self.add(container)
+
+    def add(self, value: Any) -> None:
+        stack = self.stack
+        if not stack:
+            if value is not None:
+                self.docs.append(value)
+            return
+        container = stack[-1][0]
+        if type(container) is list:
+            container.append(value)
+            return
+        key = self.keys[-1]
+        if key is NO_KEY:
+            if type(value) is not str or value == "<<":
+                self.plain = False  # a complex or merge key: the full loader and check_bounds judge it
+            self.keys[-1] = value
+        else:
+            container[key] = value
+            self.keys[-1] = NO_KEY
+
+    def scalar(self, event: Any) -> Any:
+        value = event.value
+        if len(value) > self.settings.max_string_length:
+            raise DocumentError(f"a string is longer than {self.settings.max_string_length} characters")
+        if not value.isascii():
+            _check_string(value, "", self.settings)
+        if event.tag is not None and event.tag != "!":
+            self.plain = False
+            return None
+        if event.style or not event.implicit[0]:  # quoted or block: a string
+            return value
+        known = self.RESOLVED.get(value, NO_KEY)
+        if known is not NO_KEY:
+            return known
+        tag = next((t for t, regexp in self.RESOLVERS.get(value[:1], ()) if regexp.match(value)), self.STR)
+        if tag == self.STR:
+            if len(self.RESOLVED) < 4096:
+                self.RESOLVED[value] = value
+            return value
+        construct = self.CONSTRUCTOR.yaml_constructors.get(tag)
+        if construct is None or tag.endswith((":merge", ":value", ":timestamp")):
+            self.plain = False
+            return None
+        out = construct(self.CONSTRUCTOR, yaml.ScalarNode(tag, value))
+        if isinstance(out, int) and not isinstance(out, bool) and not -INT_LIMIT <= out < INT_LIMIT:
+            raise DocumentError("an integer is out of the 64-bit range")
+        return out
 
 
 def parse_text(text: str, source: str, settings: Settings = DEFAULT_SETTINGS) -> list[tuple[str, Any]]:
@@ -103,15 +193,17 @@ def parse_text(text: str, source: str, settings: Settings = DEFAULT_SETTINGS) ->
     for text that does not parse."""
     if source.endswith(".json"):
         try:
-            data = json.loads(text)
+            found = [json.loads(text)]
         except RecursionError:
             raise DocumentError(f"nested deeper than {settings.max_document_depth} levels") from None
-        found = [data]
+        check_bounds(found[0], settings)
     else:
-        _yaml_events_bounded(text, settings)
-        found = [d for d in yaml.load_all(text, Loader=SafeLoader) if d is not None]
-    for data in found:
-        check_bounds(data, settings)
+        built = _YamlBuilder(settings).run(text)
+        if built is None:  # anchors, tags or merge keys: PyYAML builds it, bounded above and here
+            built = [d for d in yaml.load_all(text, Loader=SafeLoader) if d is not None]
+            for data in built:
+                check_bounds(data, settings)
+        found = built
     if len(found) == 1:
         return [(source, found[0])]
     return [(f"{source}#{i + 1}", d) for i, d in enumerate(found)]
