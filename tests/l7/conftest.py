@@ -146,6 +146,20 @@ class CA:
         cert = builder.sign(self.key, hashes.SHA256())
         return Pem(cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key))
 
+    def issue_sha1(self, cn: str, work: Path) -> Pem:
+        """A server certificate signed with SHA-1 (``cryptography`` no longer signs with it)."""
+        (work / "ca.crt").write_text(self.pem)
+        (work / "ca.key").write_text(_pem_key(self.key))
+        req = ["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}"]
+        subprocess.run([*req, "-keyout", work / "leaf.key", "-out", work / "leaf.csr"], capture_output=True, check=True)
+        sign = ["openssl", "x509", "-req", "-sha1", "-days", "30", "-set_serial", "7", "-in", work / "leaf.csr"]
+        subprocess.run(
+            [*sign, "-CA", work / "ca.crt", "-CAkey", work / "ca.key", "-out", work / "leaf.crt"],
+            capture_output=True,
+            check=True,
+        )
+        return Pem((work / "leaf.crt").read_text(), (work / "leaf.key").read_text())
+
 
 @dataclass
 class Pki:

@@ -170,3 +170,41 @@ def test_proxy_buffer_rule_is_nginx_rule(prefix_dir, buffer_size):
             conf.write_text(f"pid {prefix_dir}/b.pid; error_log stderr; events {{}} http {{ {server} }}")
             nginx_ok = check_config_file(conf)
             assert (not parse_customized(text)[1]) == nginx_ok, text
+
+
+@pytest.fixture(scope="module")
+def weak_leaves(pki, prefix_dir) -> dict[str, object]:
+    work = prefix_dir / "weak-pki"
+    work.mkdir()
+    return {
+        "rsa-1024": pki.ca.issue("www.a.test", ["www.a.test"], bits=1024),
+        "sha-1": pki.ca.issue_sha1("www.a.test", work),
+    }
+
+
+def _weak_doc(pem, policy: str | None) -> dict:
+    certs = [{"CertId": "weak", "CertType": "SVR", "CertContent": pem.cert, "CertKey": pem.key}]
+    extra = {"TLSCipherPolicy": policy} if policy else {}
+    https = listener(
+        "w", "HTTPS", 18530, _rules(1, 1), Certificate={"SSLMode": "UNIDIRECTIONAL", "CertId": "weak"}, **extra
+    )
+    return _lb("e-weak", [https], Certificates=certs)
+
+
+@pytest.mark.parametrize("weakness", ["rsa-1024", "sha-1"])
+@pytest.mark.parametrize("policy", [None, "tls_cipher_policy_1_2_strict"])
+def test_weak_server_certificates_are_refused_where_openssl_would(weak_leaves, weakness, policy):
+    state = validate_documents([("doc", _weak_doc(weak_leaves[weakness], policy))])
+    nginx, _ = compile_state(state)
+    errors = [i for i in state.issues + nginx.warnings if i.severity == "error"]
+    assert errors and all("Traceback" not in i.message for i in errors)
+
+
+@pytest.mark.parametrize("weakness", ["rsa-1024", "sha-1"])
+def test_weak_server_certificates_still_load_under_a_legacy_policy(weak_leaves, prefix_dir, weakness):
+    if not NGINX_AVAILABLE:
+        pytest.skip("nginx is not installed")
+    out = prefix_dir / f"weak-{weakness}"
+    write_prefix(_accepted(_weak_doc(weak_leaves[weakness], "tls_cipher_policy_1_0"), str(out)), out)
+    result = check_config(out)
+    assert result.ok, result.output
