@@ -328,14 +328,19 @@ def load(
     for f in files:
         source = shown(f)
         try:
-            found = parse_text(read_bounded(f, settings.max_document_bytes).decode(), source, settings)
+            text = read_bounded(f, settings.max_document_bytes).decode()
+        except DocumentError as exc:
+            issues.append(Issue(source, exc.code, f"document refused: {exc}"))
+            continue
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the name
+            why = getattr(exc, "strerror", None) or ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc)
+            issues.append(Issue(source, Code.RESOURCE_NOT_FOUND, f"cannot read the file: {why}"))
+            continue
+        try:
+            found = parse_text(text, source, settings)
         except DocumentError as exc:
             where = f"{source}/{exc.where}" if exc.where else source
             issues.append(Issue(where, exc.code, f"document refused: {exc}"))
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or "not UTF-8 text"
-            issues.append(Issue(source, Code.RESOURCE_NOT_FOUND, f"cannot read the file: {why}"))
             continue
         except (yaml.YAMLError, ValueError) as exc:
             issues.append(Issue(source, Code.FORMAT_ERROR, f"not valid YAML/JSON: {parse_problem(exc)}"))
