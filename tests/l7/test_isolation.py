@@ -15,7 +15,7 @@ from clbagent.l7 import UnsafeTextError, names
 from clbagent.l7.redirects import manual_redirects
 from clbagent.l7.render import TEMPLATES
 from clbagent.model import LoadBalancer
-from tests.l7.conftest import client_context, compile_docs, https_get, listener, load_balancer, rule
+from tests.l7.conftest import client_context, compile_docs, http_get, https_get, listener, load_balancer, rule
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 VIP_A, VIP_B, HOST = "127.0.10.43", "127.0.10.44", "www.a.test"
@@ -178,3 +178,30 @@ def test_a_redirect_cannot_read_a_variable(tmp_path, backends, capsys):
     assert "Traceback" not in capsys.readouterr().err
     with pytest.raises(UnsafeTextError, match="redirect target t has '\\$'"):
         manual_redirects(LoadBalancer.model_validate(doc))
+
+
+@pytest.mark.nginx
+def test_a_look_alike_tenant_changes_nothing_for_acl_and_stickiness(serve, backends):
+    """Tenant B reuses A's listener and location IDs, a folded look-alike load balancer ID and
+    regex domains with captures, on the same port; A's ACL and cookie persistence behave as alone."""
+    a1, a2, a3, b1 = backends("a1"), backends("a2"), backends("a3"), backends("b1")
+    acl = {"AclId": "acl-a", "AclEntries": [{"Entry": "127.0.30.9/32"}]}
+    sticky = [rule("loc", HOST, "/", [a1.target(), a2.target(), a3.target()], SessionExpireTime=60, DefaultServer=True)]
+    a = load_balancer(
+        "lb-a",
+        VIP_A,
+        [listener("lis", "HTTP", 18525, sticky, AclStatus="on", AclType="black", AclId="acl-a")],
+        Acls=[acl],
+    )
+    regexes = [
+        rule("loc", "~^(www|api)\\.a\\.test$", "~^/(.*)$", [b1.target()], DefaultServer=True),
+        rule("loc-2", "~^(.+)\\.test$", "/", [b1.target()], SessionExpireTime=60),
+    ]
+    b = load_balancer("lb.a", VIP_B, [listener("lis", "HTTP", 18525, regexes)])
+    serve([a, b])
+    assert http_get(VIP_A, 18525, HOST, source="127.0.30.9").status == 403
+    first = http_get(VIP_A, 18525, HOST, source="127.0.30.10")
+    cookie = first.headers["set-cookie"].split(";")[0]
+    pinned = {http_get(VIP_A, 18525, HOST, headers={"Cookie": cookie}).backend for _ in range(6)}
+    assert pinned == {first.backend}
+    assert http_get(VIP_B, 18525, "www.a.test", "/x").backend == "b1"
