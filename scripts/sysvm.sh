@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# A throwaway Debian VM with systemd as PID 1, reachable over SSH on 127.0.0.1: the target host of
+# the deployment test (scripts/deploy-test.sh). Built from Debian packages with mmdebstrap (the
+# host's Debian apt sources), booted with the host's Debian kernel under QEMU.
+#
+#   scripts/sysvm.sh image          # build the base image once; prints its directory (cached)
+#   scripts/sysvm.sh start RUNDIR   # boot a copy-on-write VM; writes RUNDIR/ssh_config (host "clbvm")
+#   scripts/sysvm.sh stop RUNDIR    # power it off (killed after a grace period)
+#   scripts/sysvm.sh ssh RUNDIR CMD # run a command in it as root
+#
+# The image is cached under CLB_SYSVM_CACHE (default ~/.cache/clbagent-sysvm), keyed on the package
+# list (scripts/sysvm-packages.txt), this script and the kernel, so only the first run builds it.
+# The VM has no network beyond the SSH port forward. Environment: CLB_VM_ACCEL (auto | kvm | tcg),
+# CLB_VM_CPUS (2), CLB_VM_MEMORY (2G), CLB_SYSVM_BOOT_TIMEOUT (seconds, 600).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache=${CLB_SYSVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/clbagent-sysvm}
+
+die() { echo "sysvm: $*" >&2; exit 1; }
+
+pick_kernel() {
+  local best="" v
+  for k in /boot/vmlinuz-*; do
+    v=${k#/boot/vmlinuz-}
+    if compgen -G "/usr/lib/modules/$v/kernel/net/netfilter/ipvs/ip_vs.ko*" >/dev/null && [ -r "/boot/initrd.img-$v" ]; then
+      best=$k
+    fi
+  done
+  [ -n "$best" ] || die "no /boot/vmlinuz-* with ip_vs modules and an initrd (apt-get install linux-image-amd64)"
+  echo "$best"
+}
+
+kernel=${CLB_VM_KERNEL:-$(pick_kernel)}
+kver=${kernel#/boot/vmlinuz-}
+
+# Debian's own sources only (other vendors' lists on the host are not needed in the image).
+debian_sources() {
+  local found
+  found=$(grep -slE '^[^#]*(deb|URIs:).*debian\.org' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+    /etc/apt/sources.list.d/*.sources || true)
+  [ -n "$found" ] || die "no Debian apt sources on this host"
+  echo "$found"
+}
+
+image_key() {
+  { cat scripts/sysvm-packages.txt scripts/sysvm.sh; echo "$kver"; debian_sources | xargs cat; } |
+    sha256sum | cut -c1-16
+}
+
+build_image() {
+  local dir=$1 tree pkgs
+  command -v mmdebstrap >/dev/null || die "mmdebstrap not found; run scripts/setup.sh"
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+  ssh-keygen -q -t ed25519 -N '' -C clbagent-sysvm -f "$dir.tmp/id_ed25519"
+  tree=$dir.tmp/tree
+  pkgs=$(grep -v '^\s*#' scripts/sysvm-packages.txt | awk 'NF' | paste -sd,)
+  echo "sysvm: building the image (mmdebstrap, kernel $kver)" >&2
+  mmdebstrap --quiet --variant=minbase --include="$pkgs" \
+    --customize-hook="mkdir -p \"\$1/usr/lib/modules\" && cp -a /usr/lib/modules/$kver \"\$1/usr/lib/modules/\"" \
+    --customize-hook="install -d -m 0700 \"\$1/root/.ssh\" && install -m 0600 $dir.tmp/id_ed25519.pub \"\$1/root/.ssh/authorized_keys\"" \
+    --customize-hook="echo clbvm >\"\$1/etc/hostname\" && echo '/dev/vda / ext4 rw,errors=remount-ro 0 1' >\"\$1/etc/fstab\"" \
+    --customize-hook="printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' >\"\$1/etc/systemd/network/10-eth0.network\"" \
+    --customize-hook="chroot \"\$1\" systemctl enable systemd-networkd >/dev/null 2>&1" \
+    --customize-hook="chroot \"\$1\" passwd -d root >/dev/null" \
+    bookworm "$tree" $(debian_sources)
+  mke2fs -q -t ext4 -L clbroot -d "$tree" "$dir.tmp/root.img" 4G
+  rm -rf "$tree"
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+}
+
+cmd_image() {
+  local dir
+  dir=$cache/$(image_key)
+  [ -f "$dir/root.img" ] || build_image "$dir"
+  echo "$dir"
+}
+
+# KVM works when a guest kernel boots far enough to panic on a missing root within a few seconds;
+# /dev/kvm may exist but hang, and then software emulation (TCG) is used.
+kvm_works() {
+  [ -w /dev/kvm ] || return 1
+  timeout 8 qemu-system-x86_64 -accel kvm -m 256 -nographic -no-reboot -kernel "$kernel" \
+    -append "console=ttyS0 panic=-1 root=/dev/nonexistent" </dev/null 2>/dev/null |
+    grep -q -m1 -E "Kernel panic|VFS: Unable to mount"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+vm_ssh() {
+  local run=$1
+  shift
+  ssh -F "$run/ssh_config" clbvm "$@"
+}
+
+cmd_start() {
+  local run=$1 image accel port deadline
+  image=$(cmd_image)
+  mkdir -p "$run"
+  run=$(cd "$run" && pwd)
+  qemu-img create -q -f qcow2 -F raw -b "$image/root.img" "$run/root.qcow2"
+  accel=${CLB_VM_ACCEL:-auto}
+  if [ "$accel" = auto ]; then
+    if kvm_works; then accel=kvm; else accel=tcg; fi
+  fi
+  port=$(free_port)
+  cat >"$run/ssh_config" <<EOF
+Host clbvm
+  HostName 127.0.0.1
+  Port $port
+  User root
+  IdentityFile $image/id_ed25519
+  IdentitiesOnly yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+  ConnectTimeout 20
+  ServerAliveInterval 15
+  ServerAliveCountMax 8
+  ControlMaster auto
+  ControlPath $run/ssh-%C
+  ControlPersist 300
+EOF
+  echo "sysvm: booting $kernel ($accel, ${CLB_VM_CPUS:-2} cpus, ${CLB_VM_MEMORY:-2G}), ssh on 127.0.0.1:$port" >&2
+  qemu-system-x86_64 -accel "$accel" -smp "${CLB_VM_CPUS:-2}" -m "${CLB_VM_MEMORY:-2G}" \
+    -kernel "$kernel" -initrd "/boot/initrd.img-$kver" \
+    -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet systemd.show_status=1" \
+    -drive "file=$run/root.qcow2,format=qcow2,if=virtio" \
+    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
+    -device virtio-rng-pci -display none -serial "file:$run/console.log" -monitor none \
+    -pidfile "$run/qemu.pid" -daemonize
+  deadline=$((SECONDS + ${CLB_SYSVM_BOOT_TIMEOUT:-600}))
+  until vm_ssh "$run" true 2>/dev/null; do
+    ((SECONDS < deadline)) || { tail -n 30 "$run/console.log" >&2; die "no SSH after ${CLB_SYSVM_BOOT_TIMEOUT:-600}s"; }
+    kill -0 "$(cat "$run/qemu.pid")" 2>/dev/null || { tail -n 30 "$run/console.log" >&2; die "QEMU exited"; }
+    sleep 2
+  done
+  # Boot is over when systemd says so (degraded is fine: the host is usable).
+  vm_ssh "$run" 'timeout 300 systemctl is-system-running --wait >/dev/null; systemctl is-system-running' >&2 || true
+  echo "sysvm: up after ${SECONDS}s" >&2
+}
+
+cmd_stop() {
+  local run=$1 pid
+  [ -f "$run/qemu.pid" ] || return 0
+  pid=$(cat "$run/qemu.pid")
+  vm_ssh "$run" 'systemctl poweroff' >/dev/null 2>&1 || true
+  for _ in $(seq 60); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 1
+  done
+  kill "$pid" 2>/dev/null || true
+  ssh -F "$run/ssh_config" -O exit clbvm >/dev/null 2>&1 || true
+  rm -f "$run/qemu.pid" "$run/root.qcow2"
+}
+
+case ${1:-} in
+  image) cmd_image ;;
+  start) [ $# -eq 2 ] || die "usage: $0 start RUNDIR"; cmd_start "$2" ;;
+  stop) [ $# -eq 2 ] || die "usage: $0 stop RUNDIR"; cmd_stop "$2" ;;
+  ssh) [ $# -ge 3 ] || die "usage: $0 ssh RUNDIR CMD"; run=$2; shift 2; vm_ssh "$run" "$@" ;;
+  *) die "usage: $0 image | start RUNDIR | stop RUNDIR | ssh RUNDIR CMD" ;;
+esac
