@@ -66,9 +66,12 @@ def _member_json(m: Member) -> dict[str, Any]:
 
 
 def render_data_file(upstreams: Mapping[str, Upstream]) -> str:
-    """``upstreams.json`` of a prefix: byte-deterministic (sorted keys, members in given order)."""
-    doc = {"upstreams": {name: upstreams[name].to_json() for name in sorted(upstreams)}}
-    return json.dumps(doc, sort_keys=True, indent=1) + "\n"
+    """``upstreams.json`` of a prefix: byte-deterministic, compact, one upstream per line (sorted)."""
+    lines = [
+        f"{json.dumps(name)}:{json.dumps(upstreams[name].to_json(), sort_keys=True, separators=(',', ':'))}"
+        for name in sorted(upstreams)
+    ]
+    return '{"upstreams":{\n' + ",\n".join(lines) + "\n}}\n"
 
 
 def shared_dict_size(upstreams: Mapping[str, Upstream]) -> str:

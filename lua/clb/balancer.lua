@@ -5,7 +5,14 @@
 ---
 --- Each worker caches the per-worker form of every upstream it served (clb.peers) with the
 --- version it was built from; one shared-dict get per request tells whether the version moved.
+---
+--- The state of a request's tries is kept by the request itself (its ngx_http_request_t), not in
+--- ngx.ctx: an internal redirect (error_page after the last try failed) empties ngx.ctx, and the
+--- log phase would then never give the connection back. A request object is reused by later
+--- requests, so the first try (no last failure) always starts afresh.
 local ngx_balancer = require("ngx.balancer")
+local base = require("resty.core.base")
+local ffi = require("ffi")
 local peers = require("clb.peers")
 local store = require("clb.store")
 local wrr = require("clb.wrr")
@@ -14,11 +21,18 @@ local iphash = require("clb.iphash")
 
 local ngx = ngx
 local set_current_peer, set_more_tries = ngx_balancer.set_current_peer, ngx_balancer.set_more_tries
+local get_last_failure = ngx_balancer.get_last_failure
 
 local M = {}
 
+--- The address of the current request object (a number: the cdata box differs on every call).
+local function request_key()
+  return tonumber(ffi.cast("uintptr_t", base.get_request()))
+end
+
 local NO_LIVE_UPSTREAMS = -3 -- NGX_BUSY: nginx answers 502 and logs "no live upstreams"
 local cache = {}
+local inflight = {} -- request address → state of its tries: {up =, peer =, tried =, hash =}
 local shm, conns
 
 local function dicts()
@@ -83,25 +97,30 @@ end
 
 --- balancer_by_lua: first try of a request, or the next one after a connection error.
 function M.balance(name)
-  local ctx = ngx.ctx
-  local st = ctx.clb
-  if st then -- a retry (proxy_next_upstream): never the same member twice
-    release(st.peer)
-    st.tried = st.tried or {}
-    st.tried[st.peer.index] = true
-    st.peer = nil
+  local r = request_key()
+  local st = inflight[r]
+  if st and get_last_failure() then -- a retry (proxy_next_upstream): never the same member twice
+    if st.peer then
+      release(st.peer)
+      st.tried = st.tried or {}
+      st.tried[st.peer.index] = true
+      st.peer = nil
+    end
   else
+    if st and st.peer then -- left by an earlier request whose log phase never ran
+      release(st.peer)
+    end
     local up = M.upstream(name)
+    st = { up = up }
+    inflight[r] = st
     if not up or up.usable == 0 then
       return ngx.exit(NO_LIVE_UPSTREAMS)
     end
-    st = { up = up }
-    ctx.clb = st
     if up.usable > 1 then
       set_more_tries(up.usable - 1)
     end
   end
-  local peer = pick(st.up, st)
+  local peer = st.up and pick(st.up, st)
   if not peer then
     return ngx.exit(NO_LIVE_UPSTREAMS)
   end
@@ -117,7 +136,7 @@ end
 --- header_filter_by_lua: with cookie persistence, the cookie names the member that answered
 --- (after a failover, the new one); a missing, stale or forged cookie is replaced.
 function M.header_filter()
-  local st = ngx.ctx.clb
+  local st = inflight[request_key()]
   local peer = st and st.peer
   if not (peer and peer.cookie) then
     return
@@ -135,10 +154,13 @@ end
 
 --- log_by_lua: the request is over, its last try no longer holds a connection.
 function M.log()
-  local st = ngx.ctx.clb
-  if st and st.peer then
-    release(st.peer)
-    st.peer = nil
+  local r = request_key()
+  local st = inflight[r]
+  if st then
+    inflight[r] = nil
+    if st.peer then
+      release(st.peer)
+    end
   end
 end
 
