@@ -126,6 +126,24 @@ def test_changes_follow_under_load_without_reload(lua_nginx: Callable[..., LuaNg
     assert max(lags.values()) < 0.1, lags
 
 
+def test_a_reload_during_changes_never_brings_back_a_removed_member(
+    lua_nginx: Callable[..., LuaNginx], backends
+) -> None:
+    """The data file rendered before the change still lists b; the reload must not revive it."""
+    a, b = backends("a"), backends("b")
+    stale = {"pool": Upstream((member(a), member(b)))}
+    served = lua_nginx(stale)
+    with served.channel() as ch, Load(*served.url("pool")) as load:
+        load.more()
+        ch.send({"pool": Upstream((member(a),))})
+        acked = time.monotonic()
+        served.write(stale)
+        served.nginx.reload()
+        load.more()
+        assert load.after(acked)["b"] == 0
+    assert not load.failures, load.failures[:5]
+
+
 def test_weight_0_down_and_all_dead_all_alive(lua_nginx: Callable[..., LuaNginx], backends) -> None:
     a, b, c = backends("a"), backends("b"), backends("c")
     served = lua_nginx({"pool": Upstream((member(a), member(b, 0), member(c, down=True)))})
@@ -162,22 +180,35 @@ def test_connections_are_given_back_after_an_error_page(lua_nginx: Callable[...,
 def test_cookie_persistence_with_failover(lua_nginx: Callable[..., LuaNginx], backends) -> None:
     a, b = backends("a"), backends("b")
     sticky = Sticky("clb_test", 600)
-    served = lua_nginx({"pool": Upstream((member(a, sid="sid-a"), member(b, sid="sid-b")), sticky=sticky)})
+
+    def pool(down: str = "") -> dict[str, Upstream]:
+        members = (member(a, down=down == "a", sid="sid-a"), member(b, down=down == "b", sid="sid-b"))
+        return {"pool": Upstream(members, sticky=sticky)}
+
+    served = lua_nginx(pool())
     vip, port = served.url("pool")
+
+    def get(cookie: str) -> tuple[str, str]:
+        reply = http_get(vip, port, "x", headers={"Cookie": cookie})
+        assert reply.status == 200
+        return reply.backend, reply.headers["set-cookie"].split(";")[0]
+
     first = http_get(vip, port, "x")
-    cookie = first.headers["set-cookie"]
-    assert cookie == f"clb_test=sid-{first.backend}; Path=/; Max-Age=600; HttpOnly"
-    pinned = cookie.split(";")[0]
-    assert {http_get(vip, port, "x", headers={"Cookie": pinned}).backend for _ in range(10)} == {first.backend}
+    pinned, other = first.backend, "b" if first.backend == "a" else "a"
+    assert first.headers["set-cookie"] == f"clb_test=sid-{pinned}; Path=/; Max-Age=600; HttpOnly"
+    cookie = f"clb_test=sid-{pinned}"
+    assert {get(cookie) for _ in range(10)} == {(pinned, cookie)}
+    # the pinned member marked down: its clients move, and their cookie with them
+    with served.channel() as ch:
+        ch.send(pool(down=pinned))
+        assert get(cookie) == (other, f"clb_test=sid-{other}")
+        ch.send(pool())
+    assert get(cookie) == (pinned, cookie)
     # the pinned backend dies: the request fails over, the cookie follows the member that answered
-    (a if first.backend == "a" else b).kill()
-    other = "b" if first.backend == "a" else "a"
-    moved = http_get(vip, port, "x", headers={"Cookie": pinned})
-    assert (moved.status, moved.backend) == (200, other)
-    assert moved.headers["set-cookie"].startswith(f"clb_test=sid-{other};")
+    (a if pinned == "a" else b).kill()
+    assert get(cookie) == (other, f"clb_test=sid-{other}")
     # a bogus cookie gets a fresh, valid one
-    bogus = http_get(vip, port, "x", headers={"Cookie": "clb_test=forged"})
-    assert bogus.headers["set-cookie"].startswith(f"clb_test=sid-{bogus.backend};")
+    assert get("clb_test=forged") == (other, f"clb_test=sid-{other}")
 
 
 def test_least_conn_counts_across_workers(lua_nginx: Callable[..., LuaNginx], backends) -> None:
