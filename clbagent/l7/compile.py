@@ -23,7 +23,7 @@ from .redirects import auto_redirects, manual_redirects
 from .render import render
 from .server_tls import TlsRefusedError
 from .servers import LbContext, auto_listener_servers, listener_servers
-from .upstreams import place_in_zone
+from .upstreams import ANSWERED, place_in_zone
 
 DEFAULT_PREFIX = "/var/lib/clbagent/nginx"
 HEADERS_MORE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
@@ -98,6 +98,7 @@ def main_conf(prefix: str, worker_shutdown_timeout: str = "60s") -> str:
         log_fields=LOG_FIELDS,
         protocol_type=PROTOCOL_TYPE,
         connection_upgrade=CONNECTION_UPGRADE,
+        answered=ANSWERED,
     )
 
 

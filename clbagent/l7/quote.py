@@ -43,8 +43,3 @@ def quote(value: object, *, variables: bool = True) -> str:
 def literal(value: object) -> str:
     """:func:`quote` for text that must stay literal where nginx interpolates variables."""
     return quote(value, variables=False)
-
-
-def regex_escape(text: str) -> str:
-    """Escape text (an address such as ``[::1]:80``) for use inside a PCRE pattern."""
-    return re.sub(r"([.\[\]()*+?^$|\\{}])", r"\\\1", text)
