@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clbagent.agent.config import AgentConfig
+from clbagent.agent.incremental import IncrementalValidator
 from clbagent.agent.l4plane import L4Plane
 from clbagent.agent.store import GoodState, Store
 from clbagent.agent.vips import prepare_vips
@@ -33,7 +34,7 @@ from clbagent.l7.compile import compile_lb, main_conf
 from clbagent.l7.quote import UnsafeTextError
 from clbagent.nginx.controller import NginxController
 from clbagent.settings import Settings
-from clbagent.validate import DesiredState, validate_documents
+from clbagent.validate import DesiredState, DocumentResult
 
 Files = dict[str, str]
 
@@ -83,6 +84,9 @@ class Engine:
         self.good = GoodState()
         self.good_units: dict[str, Files] = {}
         self.good_plan = IpvsPlan()
+        self.desired = IncrementalValidator(self.settings)  # the documents as given
+        self.served = IncrementalValidator(self.settings)  # with quarantined ones at their last good version
+        self._units: dict[str, tuple[DocumentResult, int, Files]] = {}
         self.secret = b""
         self.last_report: ApplyReport | None = None
 
@@ -97,7 +101,7 @@ class Engine:
         gens = self.nginx.generations
         if self.good.generation is not None and self.good.generation not in gens.numbers():
             self.good = GoodState()
-        compiled = self._compile(list(self.good.documents.items()))
+        compiled = self._compile(list(self.good.documents.items()), full=True)
         self.good_units = compiled.units
         self.good_plan = self._plan(compiled.state)
         if self.good.generation is None:
@@ -111,10 +115,13 @@ class Engine:
 
     # ------------------------------------------------------------------ apply
 
-    def apply(self, docs: list[tuple[str, Any]], load_issues: list[Issue], failed_files: set[str]) -> ApplyReport:
+    def apply(
+        self, docs: list[tuple[str, Any]], load_issues: list[Issue], failed_files: set[str], full: bool = False
+    ) -> ApplyReport:
+        """Apply the documents; ``full`` validates and compiles everything again (periodic resync)."""
         report = ApplyReport(generation=self.good.generation)
         t = time.perf_counter()
-        new = validate_documents(docs, self.settings)
+        new = self.desired.validate(docs, full)
         bad = {d.source for d in new.documents if not d.ok}
         bad |= {src for src, _ in docs if any(_under(i.path, src) for i in load_issues)}
         effective = self._effective(docs, bad, failed_files)
@@ -122,7 +129,7 @@ class Engine:
         report.timings["validate"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        compiled = self._compile(effective) if (bad or failed_files) else self._compile_state(new)
+        compiled = self._compile(effective, full) if (bad or failed_files) else self._compile_state(new, self.desired)
         report.timings["compile"] = time.perf_counter() - t
 
         served_sources = dict(effective)
@@ -136,14 +143,15 @@ class Engine:
                 units[lb_id] = self.good_units[lb_id]
         files = self._compose(units)
         gens = self.nginx.generations
-        unchanged = self.good.generation is not None and files == self._compose(self.good_units)
+        good_files = self._compose(self.good_units)
+        unchanged = self.good.generation is not None and files == good_files
         plan = self._plan(compiled.state)
 
         vip_errors = prepare_vips(self._vips(compiled.state), self.config.vip_interface, self.l4.available)
         staged = None
         if not unchanged:
             t = time.perf_counter()
-            staged = gens.stage(files, self.good.generation)
+            staged = gens.stage(files, self.good.generation, _differing(files, good_files))
             report.timings["write"] = time.perf_counter() - t
             t = time.perf_counter()
             check = self.nginx.test(staged.number)
@@ -246,21 +254,33 @@ class Engine:
         ]
         return out
 
-    def _compile_state(self, state: DesiredState) -> Compiled:
+    def _compile_state(self, state: DesiredState, validator: IncrementalValidator) -> Compiled:
+        """One nginx unit per load balancer with L7; a unit is compiled again only when its
+        document's verdict or the shared objects changed."""
         out = Compiled(state, {})
-        for lb_id, lb in state.load_balancers().items():
-            if all(lis.is_l4 for lis in lb.listeners):
+        serving = state.load_balancers()
+        units: dict[str, tuple[DocumentResult, int, Files]] = {}
+        for doc in state.documents:
+            lb = serving.get(doc.root)
+            if lb is None or all(lis.is_l4 for lis in lb.listeners):
+                continue
+            cached = self._units.get(doc.root)
+            if cached is not None and cached[0] is doc and cached[1] == validator.catalog_version:
+                out.units[doc.root] = cached[2]
+                units[doc.root] = cached
                 continue
             try:
                 text, files, _ = compile_lb(lb, state.catalog, frozenset(), self.secret)
             except UnsafeTextError as exc:
-                out.failed[lb_id] = [Issue(lb_id, Code.FORMAT_ERROR, f"not rendered, unsafe text: {exc}")]
+                out.failed[doc.root] = [Issue(doc.root, Code.FORMAT_ERROR, f"not rendered, unsafe text: {exc}")]
                 continue
-            out.units[lb_id] = {names.lb_file(lb_id): text, **files}
+            out.units[doc.root] = {names.lb_file(doc.root): text, **files}
+            units[doc.root] = (doc, validator.catalog_version, out.units[doc.root])
+        self._units = units
         return out
 
-    def _compile(self, docs: list[tuple[str, Any]]) -> Compiled:
-        return self._compile_state(validate_documents(docs, self.settings))
+    def _compile(self, docs: list[tuple[str, Any]], full: bool = False) -> Compiled:
+        return self._compile_state(self.served.validate(docs, full), self.served)
 
     def _compose(self, units: dict[str, Files]) -> Files:
         files = {"nginx.conf": main_conf(str(self.config.nginx_root), self.config.worker_shutdown_timeout)}
@@ -409,6 +429,10 @@ class Engine:
             report.generation = self.good.generation
         self.last_report = report
         return report
+
+
+def _differing(files: Files, base: Files) -> set[str]:
+    return {rel for rel, text in files.items() if base.get(rel) is not text and base.get(rel) != text}
 
 
 def _under(path: str, source: str) -> bool:

@@ -75,8 +75,10 @@ class Generations:
             if p.is_file() and not p.is_symlink()
         }
 
-    def stage(self, files: dict[str, str], base: int | None) -> Staged:
-        """Write ``files`` as a new generation, hard-linking what is unchanged in ``base``."""
+    def stage(self, files: dict[str, str], base: int | None, changed: set[str] | None = None) -> Staged:
+        """Write ``files`` as a new generation, hard-linking what is unchanged in ``base``. With
+        ``changed`` (the paths the caller knows differ from ``base``), the others are linked without
+        reading them back."""
         numbers = self.numbers()
         number = (max(numbers) if numbers else 0) + 1
         target = self.path(number)
@@ -92,7 +94,7 @@ class Generations:
             secret = rel.startswith("certs/")
             data = text.encode()
             old = base_dir / rel if base_dir is not None else None
-            if old is not None and _same(old, data):
+            if old is not None and ((changed is not None and rel not in changed and old.exists()) or _same(old, data)):
                 os.link(old, dest)
                 continue
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)

@@ -146,7 +146,7 @@ def _topology() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # software emulation on a busy host is slow
     for i, _b in enumerate(BACKENDS, 1):
         while sh(f"ip netns exec b{i} ss -Htln sport = :{BACKEND_PORT}").strip() == "":
             if time.monotonic() > deadline:

@@ -1,0 +1,135 @@
+"""The agent on a real kernel: `clbagent apply` puts the VIP on the dummy interface and the
+services into IPVS, a SIGKILLed agent leaves IPVS serving (never flushed) and the next one
+converges, and `clbagent run` restores a service deleted by hand."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.kernel.conftest import Conn, ipvsadm_rules, sh, spread, tcp_once
+from tests.l4.build import lb_doc, tcp
+
+VIP = "10.99.0.7"
+CLBAGENT = [sys.executable, "-m", "clbagent.cli"]
+
+
+def _layout() -> tuple[Path, Path]:
+    base = Path(tempfile.mkdtemp(prefix="clb-agent-vm-"))
+    base.chmod(0o755)
+    (base / "documents").mkdir()
+    config = base / "agent.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "documents": "documents",
+                "state_dir": "state",
+                "status_socket": "status.sock",
+                "metrics_address": "",
+                "resync_interval": 2,
+                "drain_timeout": 0,
+                "l4": "on",
+            }
+        )
+    )
+    return base, config
+
+
+def _document(base: Path, weights: tuple[int, int]) -> None:
+    doc = lb_doc(
+        [
+            tcp(90, [("10.20.1.2", 8080, weights[0]), ("10.20.2.2", 8080, weights[1])]),
+            {
+                "ListenerId": "lbl-web",
+                "Protocol": "HTTP",
+                "Port": 8081,
+                "Rules": [
+                    {
+                        "LocationId": "loc-web",
+                        "Domain": "www.example.com",
+                        "Url": "/",
+                        "DefaultServer": True,
+                        "HealthCheck": {"HealthSwitch": 0},
+                        "Targets": [{"EniIp": "10.20.3.2", "Port": 8080, "Weight": 10}],
+                    }
+                ],
+            },
+        ],
+        lb_id="lb-agent",
+        vips=(VIP,),
+    )
+    tmp = base / "documents" / ".lb.tmp"
+    tmp.write_text(yaml.safe_dump(doc))
+    tmp.rename(base / "documents" / "lb.yaml")
+
+
+def _stop_nginx(base: Path) -> None:
+    pid = base / "state" / "nginx" / "run" / "nginx.pid"
+    if pid.exists():
+        subprocess.run(["kill", "-TERM", pid.read_text().strip()], check=False)
+        time.sleep(0.5)
+
+
+def test_apply_programs_vip_and_ipvs_and_a_killed_agent_flushes_nothing(topology: None) -> None:
+    base, config = _layout()
+    try:
+        _document(base, (10, 10))
+        first = subprocess.run([*CLBAGENT, "apply", "--config", str(config)], capture_output=True, text=True)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert VIP in sh("ip -o addr show dev clb0")
+        assert any(":90 " in r or ":90" in r for r in ipvsadm_rules((VIP,)))
+        assert set(spread(tcp_once, VIP, 90, 8)) == {"b1", "b2"}
+        assert sh(f"ss -Htln src {VIP}").count(":8081") >= 1  # nginx bound the VIP
+
+        held = Conn(VIP, 90)
+        _document(base, (10, 0))
+        crashed = subprocess.run(
+            [sys.executable, "-m", "tests.agent.crash_apply", "switched", "apply", "--config", str(config)],
+            capture_output=True,
+            text=True,
+        )
+        assert crashed.returncode == -signal.SIGKILL
+        assert ipvsadm_rules((VIP,)), "IPVS was flushed"
+        assert held.ask() == held.backend  # the established connection kept working
+        again = subprocess.run([*CLBAGENT, "apply", "--config", str(config)], capture_output=True, text=True)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert held.ask() == held.backend
+        assert set(spread(tcp_once, VIP, 90, 6)) == {"b1"}
+        held.close()
+    finally:
+        _stop_nginx(base)
+        sh(f"ipvsadm -D -t {VIP}:90", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_run_restores_a_service_deleted_by_hand(topology: None) -> None:
+    base, config = _layout()
+    agent = None
+    try:
+        _document(base, (10, 10))
+        agent = subprocess.Popen([*CLBAGENT, "run", "--config", str(config)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not ipvsadm_rules((VIP,)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ipvsadm_rules((VIP,))
+        sh(f"ipvsadm -D -t {VIP}:90")
+        deadline = time.monotonic() + 20
+        while not ipvsadm_rules((VIP,)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ipvsadm_rules((VIP,)), "the resync did not restore the service"
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 0
+        assert ipvsadm_rules((VIP,)), "stopping the agent touched IPVS"
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+        _stop_nginx(base)
+        sh(f"ipvsadm -D -t {VIP}:90", check=False)
+        shutil.rmtree(base, ignore_errors=True)
