@@ -38,10 +38,13 @@ from clbagent.nginx.upstreams_channel import (  # noqa: E402
     Member,
     Upstream,
     UpstreamsChannel,
+    channel_server,
+    http_directives,
+    main_directives,
     render_data_file,
+    upstream_block,
 )
 
-MODULES = "/usr/lib/nginx/modules"
 FRONT, BACK = "127.0.40.1", "127.0.41.{}"
 BACKENDS = 4
 
@@ -64,33 +67,14 @@ http {{
 FRONT_BODY = """\
     proxy_http_version 1.1;
     proxy_set_header Connection "";
-    lua_package_path "{lua}/?.lua;;";
-    lua_shared_dict clb_upstreams 32m;
-    lua_shared_dict clb_conns 4m;
-    init_by_lua_block {{ require("clb.init").load("{prefix}/{data}") }}
-    header_filter_by_lua_block {{ require("clb.balancer").header_filter() }}
-    log_by_lua_block {{ require("clb.balancer").log() }}
-{upstreams}
+{http}{upstreams}
     server {{
         listen {front}:{port};
 {locations}
     }}
-    server {{
-        listen unix:{prefix}/run/ctl.sock;
-        client_max_body_size 1m;
-        client_body_buffer_size 1m;
-        location / {{ content_by_lua_block {{ require("clb.channel").handle() }} }}
-    }}
-"""
+{channel}"""
 
-UPSTREAMS = """\
-    upstream s{i} {{ {servers} keepalive 32; }}
-    upstream d{i} {{
-        server 0.0.0.1:1;
-        balancer_by_lua_block {{ require("clb.balancer").balance("d{i}") }}
-        keepalive 32;
-    }}
-"""
+STATIC = "    upstream s{i} {{ {servers} keepalive 32; }}\n"
 LOCATIONS = """\
         location /s{i} {{ proxy_pass http://s{i}; }}
         location /d{i} {{ proxy_pass http://d{i}; }}
@@ -156,17 +140,14 @@ class Bench:
     def _conf(self, which: list[int]) -> str:
         servers = " ".join(f"server {e} weight=10;" for e in self.endpoints(which))
         body = FRONT_BODY.format(
-            lua=ROOT / "lua",
-            prefix=self.front,
-            data=DATA_FILE,
+            http=http_directives(self.front, "32m"),
             front=FRONT,
             port=self.port,
-            upstreams="".join(UPSTREAMS.format(i=i, servers=servers) for i in range(self.size)),
+            upstreams="".join(STATIC.format(i=i, servers=servers) + upstream_block(f"d{i}") for i in range(self.size)),
             locations="".join(LOCATIONS.format(i=i) for i in range(self.size)),
+            channel=channel_server(self.front),
         )
-        return f"load_module {MODULES}/ndk_http_module.so;\nload_module {MODULES}/ngx_http_lua_module.so;\n" + (
-            COMMON.format(body=body)
-        )
+        return main_directives() + COMMON.format(body=body)
 
     def _write(self, which: list[int]) -> None:
         data = render_data_file({f"d{i}": self.upstream(which) for i in range(self.size)})

@@ -4,11 +4,14 @@ Members, weights and down flags of each rule's upstream live in nginx's shared m
 changes them per upstream over the control channel, a root-only unix socket of the prefix
 (``run/ctl.sock``), with no reload. The same JSON shape is the prefix's data file
 (``upstreams.json``) that nginx loads at start, so a rendered prefix serves without the agent.
+The nginx text the Lua side needs (module, dicts, phases, upstream blocks, the channel's server)
+is here too, so that the renderer, the tests and the benchmark write it one way.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,10 @@ SOCKET = "run/ctl.sock"  # relative to the prefix
 DATA_FILE = "upstreams.json"  # relative to the prefix
 BATCH_BYTES = 256 * 1024  # one PUT stays well under the channel's client_max_body_size
 METHODS = ("wrr", "least_conn", "ip_hash")
+LUA_DIR = Path(__file__).resolve().parents[2] / "lua"  # the Lua code shipped in the repository
+NGINX_MODULES = Path("/usr/lib/nginx/modules")  # Debian's
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")  # an upstream name, as lua/clb/spec.lua accepts it
+PLAIN_PATH = re.compile(r"^/[A-Za-z0-9_./-]*$")  # a path that needs no quoting in nginx or Lua text
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,60 @@ def render_data_file(upstreams: Mapping[str, Upstream]) -> str:
         for name in sorted(upstreams)
     ]
     return '{"upstreams":{\n' + ",\n".join(lines) + "\n}}\n"
+
+
+def _plain(path: Path) -> str:
+    if not PLAIN_PATH.match(str(path)):
+        raise ValueError(f"{path}: an nginx prefix or Lua directory path must be absolute, of [A-Za-z0-9_./-]")
+    return str(path)
+
+
+def main_directives(modules: Path = NGINX_MODULES) -> str:
+    """Main-context lines that load nginx's Lua module (the NDK it needs first)."""
+    m = _plain(modules)
+    return f"load_module {m}/ndk_http_module.so;\nload_module {m}/ngx_http_lua_module.so;\n"
+
+
+def http_directives(prefix: Path, dict_size: str, lua_dir: Path = LUA_DIR) -> str:
+    """http-context lines: where the Lua code is, the two shared dicts, loading the data file at
+    start and reload, and the phases that set the cookie and give connections back."""
+    p, lua = _plain(prefix), _plain(lua_dir)
+    if not re.fullmatch(r"[1-9][0-9]{0,5}[km]", dict_size):
+        raise ValueError(f"shared dict size {dict_size!r}: a number with k or m")
+    return (
+        f'    lua_package_path "{lua}/?.lua;;";\n'
+        f"    lua_shared_dict clb_upstreams {dict_size};\n"
+        "    lua_shared_dict clb_conns 4m;\n"
+        f'    init_by_lua_block {{ require("clb.init").load("{p}/{DATA_FILE}") }}\n'
+        '    header_filter_by_lua_block { require("clb.balancer").header_filter() }\n'
+        '    log_by_lua_block { require("clb.balancer").log() }\n'
+    )
+
+
+def upstream_block(name: str, keepalive: int = 32) -> str:
+    """The ``upstream`` block of one dynamic upstream (keepalive after the balancer, as it must be)."""
+    if not NAME.match(name):
+        raise ValueError(f"upstream name {name!r}: 1-128 of [A-Za-z0-9_.-]")
+    pool = f"        keepalive {int(keepalive)};\n" if keepalive else ""
+    return (
+        f"    upstream {name} {{\n"
+        "        server 0.0.0.1:1;  # placeholder: the balancer picks every peer\n"
+        f'        balancer_by_lua_block {{ require("clb.balancer").balance("{name}") }}\n'
+        f"{pool}    }}\n"
+    )
+
+
+def channel_server(prefix: Path) -> str:
+    """The control channel's server: a unix socket in ``<prefix>/run`` (which must be 0700)."""
+    return (
+        "    server {\n"
+        f"        listen unix:{_plain(prefix)}/{SOCKET};\n"
+        "        client_max_body_size 1m;\n"
+        "        client_body_buffer_size 1m;\n"
+        "        access_log off;\n"
+        '        location / { content_by_lua_block { require("clb.channel").handle() } }\n'
+        "    }\n"
+    )
 
 
 def shared_dict_size(upstreams: Mapping[str, Upstream]) -> str:

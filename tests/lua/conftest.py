@@ -14,20 +14,25 @@ from pathlib import Path
 import pytest
 
 from clbagent.nginx.process import Nginx, check_config
-from clbagent.nginx.upstreams_channel import DATA_FILE, Upstream, UpstreamsChannel, render_data_file
+from clbagent.nginx.upstreams_channel import (
+    DATA_FILE,
+    NGINX_MODULES,
+    Upstream,
+    UpstreamsChannel,
+    channel_server,
+    http_directives,
+    main_directives,
+    render_data_file,
+    upstream_block,
+)
 from tests.l7.conftest import backends  # noqa: F401 (a fixture)
 
-REPO = Path(__file__).resolve().parents[2]
-LUA_DIR = REPO / "lua"
-MODULES = Path("/usr/lib/nginx/modules")
-LUA_AVAILABLE = (MODULES / "ngx_http_lua_module.so").exists() and shutil.which("nginx") is not None
+LUA_AVAILABLE = (NGINX_MODULES / "ngx_http_lua_module.so").exists() and shutil.which("nginx") is not None
 VIP = "127.0.40.1"
 LUA_FAULTS = ("runtime error", "[alert]", "[emerg]", "[crit]", "cannot use")  # in error.log: a bug
 
 CONF = """\
-load_module {modules}/ndk_http_module.so;
-load_module {modules}/ngx_http_lua_module.so;
-worker_processes 2;
+{main}worker_processes 2;
 pid run/nginx.pid;
 error_log logs/error.log notice;
 events {{ worker_connections 1024; }}
@@ -42,29 +47,10 @@ http {{
     proxy_set_header Connection "";
     proxy_connect_timeout 2s;
     proxy_next_upstream error timeout;
-
-    lua_package_path "{lua}/?.lua;;";
-    lua_shared_dict clb_upstreams {shm};
-    lua_shared_dict clb_conns 1m;
-    init_by_lua_block {{ require("clb.init").load("{prefix}/{data}") }}
-    header_filter_by_lua_block {{ require("clb.balancer").header_filter() }}
-    log_by_lua_block {{ require("clb.balancer").log() }}
-{upstreams}{extra}
-    server {{
-        listen unix:{prefix}/run/ctl.sock;
-        client_max_body_size 1m;
-        client_body_buffer_size 1m;
-        location / {{ content_by_lua_block {{ require("clb.channel").handle() }} }}
-    }}
-}}
+{http}{upstreams}{extra}{channel}}}
 """
 
-UPSTREAM = """\
-    upstream {name} {{
-        server 0.0.0.1:1;
-        balancer_by_lua_block {{ require("clb.balancer").balance("{name}") }}
-        keepalive 16;
-    }}
+SERVER = """\
     server {{
         listen {vip}:{port};
         location / {{ proxy_pass http://{name}; }}
@@ -91,15 +77,16 @@ class LuaNginx:
     def write(self, upstreams: Mapping[str, Upstream], shm: str = "4m") -> None:
         """Rewrite nginx.conf and upstreams.json (the same ports); reload with ``reload()``."""
         (self.prefix / DATA_FILE).write_text(render_data_file(upstreams))
-        blocks = "".join(UPSTREAM.format(name=n, vip=VIP, port=p) for n, p in sorted(self.ports.items()))
+        blocks = "".join(
+            upstream_block(n, keepalive=16) + SERVER.format(name=n, vip=VIP, port=p)
+            for n, p in sorted(self.ports.items())
+        )
         conf = CONF.format(
-            modules=MODULES,
-            lua=LUA_DIR,
-            shm=shm,
-            prefix=self.prefix,
-            data=DATA_FILE,
+            main=main_directives(),
+            http=http_directives(self.prefix, shm),
             upstreams=blocks,
             extra=self.extra,
+            channel=channel_server(self.prefix),
         )
         (self.prefix / "nginx.conf").write_text(conf)
         result = check_config(self.prefix)

@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from clbagent.nginx.upstreams_channel import (
     Held,
     Member,
     Sticky,
     Upstream,
+    channel_server,
     differences,
+    http_directives,
     render_data_file,
     shared_dict_size,
+    upstream_block,
 )
 
 A = Upstream((Member("10.0.0.1:80", 10), Member("[2001:db8::1]:80", 0, down=True)))
@@ -47,3 +53,15 @@ def test_differences_name_each_upstream_held_otherwise() -> None:
     found = differences({"a": A, "b": B, "c": A}, held)
     assert [f.split(":")[0] for f in found] == ["upstream b", "upstream c"]
     assert "holds nothing" in found[1]
+
+
+def test_nginx_text_refuses_what_it_cannot_write_safely() -> None:
+    with pytest.raises(ValueError):
+        upstream_block('u"; os.execute("x')
+    with pytest.raises(ValueError):
+        http_directives(Path('/srv/clb"); os.execute("x'), "4m")
+    with pytest.raises(ValueError):
+        http_directives(Path("/srv/clb"), "4m; x")
+    with pytest.raises(ValueError):
+        channel_server(Path("relative/prefix"))
+    assert 'balance("u_1.a-b")' in upstream_block("u_1.a-b")
