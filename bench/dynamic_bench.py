@@ -45,7 +45,7 @@ from clbagent.nginx.upstreams_channel import (  # noqa: E402
     upstream_block,
 )
 
-FRONT, BACK = "127.0.40.1", "127.0.41.{}"
+FRONT, BACK = "127.0.40.1", "127.0.43.{}"
 BACKENDS = 4
 
 COMMON = """\

@@ -76,10 +76,13 @@ class Load:
     def after(self, t: float) -> collections.Counter:
         return collections.Counter(b for s, b in list(self.done) if s >= t)
 
-    def wait_served(self, t: float, label: str) -> float:
-        """Seconds from ``t`` to the start of the first request after ``t`` that ``label`` answered."""
+    def first_served(self, t: float, label: str) -> tuple[int, float]:
+        """Of the requests started after ``t``, the rank of the first that ``label`` answered
+        (0 = the very first) and the seconds from ``t`` to its start."""
         wait_for(lambda: self.after(t)[label] > 0, f"traffic to {label}")
-        return min(s for s, b in list(self.done) if s >= t and b == label) - t
+        started = sorted((s, b) for s, b in list(self.done) if s >= t)
+        rank = next(i for i, (_, b) in enumerate(started) if b == label)
+        return rank, started[rank][0] - t
 
     def more(self, n: int = 40) -> None:
         target = len(self.done) + n
@@ -97,13 +100,15 @@ def test_changes_follow_under_load_without_reload(lua_nginx: Callable[..., LuaNg
     a, b, c = backends("a"), backends("b"), backends("c")
     served = lua_nginx({"pool": Upstream((member(a), member(b)))})
     workers = sorted(served.nginx.workers())
-    lags = {}
     with served.channel() as ch, Load(*served.url("pool")) as load:
         load.more()
-        # add c
+        # add c: each worker picks a b c a b c ... from the next request on, so one of the first
+        # few requests after the acknowledgement reaches c (how soon in seconds is the load's
+        # business on a shared host: bench/dynamic_bench.py measures it)
         ch.send({"pool": Upstream((member(a), member(b), member(c)))})
         acked = time.monotonic()
-        lags["add"] = load.wait_served(acked, "c")
+        rank, lag = load.first_served(acked, "c")
+        assert rank < 12, (rank, lag)
         # remove b: no request started after the acknowledgement reaches it
         ch.send({"pool": Upstream((member(a), member(c)))})
         acked = time.monotonic()
@@ -118,12 +123,10 @@ def test_changes_follow_under_load_without_reload(lua_nginx: Callable[..., LuaNg
         # a marked down by health checking
         ch.send({"pool": Upstream((member(a, 10, down=True), member(c, 30)))})
         acked = time.monotonic()
-        lags["down"] = load.wait_served(acked, "c")
         load.more()
         assert load.after(acked)["a"] == 0
     assert not load.failures, load.failures[:5]
     assert sorted(served.nginx.workers()) == workers, "no reload"
-    assert max(lags.values()) < 0.1, lags
 
 
 def test_a_reload_during_changes_never_brings_back_a_removed_member(
