@@ -23,6 +23,9 @@ function M.build(name, upstream, version)
   local alive, weighted = 0, 0
   for i, m in ipairs(upstream.members) do
     local host, port = spec.endpoint(m.endpoint)
+    if host:find(":", 1, true) then
+      host = "[" .. host .. "]" -- ngx.balancer parses the host as a URL: IPv6 needs its brackets
+    end
     local p = {
       index = i,
       endpoint = m.endpoint,

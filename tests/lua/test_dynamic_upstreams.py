@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from clbagent.nginx.upstreams_channel import (
     differences,
     shared_dict_size,
 )
-from tests.l7.conftest import Backend, http_get
+from tests.l7.conftest import Backend, _BackendServer, http_get
 
 from .conftest import VIP, LuaNginx, free_port, wait_for
 
@@ -145,6 +146,25 @@ def test_a_reload_during_changes_never_brings_back_a_removed_member(
         load.more()
         assert load.after(acked)["b"] == 0
     assert not load.failures, load.failures[:5]
+
+
+class _V6Backend(_BackendServer):
+    address_family = socket.AF_INET6
+
+
+def test_an_ipv6_member(lua_nginx: Callable[..., LuaNginx], backends) -> None:
+    try:
+        v6 = _V6Backend(("::1", 0), "v6", 0.0)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    threading.Thread(target=v6.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        a = backends("a")
+        served = lua_nginx({"pool": Upstream((member(a), Member(f"[::1]:{v6.server_address[1]}", 10)))})
+        assert hits(served, "pool", 10) == {"a": 5, "v6": 5}
+    finally:
+        v6.shutdown()
+        v6.server_close()
 
 
 def test_weight_0_down_and_all_dead_all_alive(lua_nginx: Callable[..., LuaNginx], backends) -> None:

@@ -13,9 +13,9 @@ local function usable(up)
 end
 
 describe("peers", function()
-  it("splits endpoints into host and port", function()
+  it("splits endpoints into host (IPv6 in brackets, as set_current_peer wants) and port", function()
     local up = build({ { endpoint = "[::1]:81", weight = 1, down = false } })
-    assert.equal("::1", up.peers[1].host)
+    assert.equal("[::1]", up.peers[1].host)
     assert.equal(81, up.peers[1].port)
     assert.equal(7, up.version)
   end)
