@@ -9,8 +9,9 @@ another one generates or a user can write:
 - upstream, zone and variable names are a kind prefix and a 128-bit hash of the full identity
   (load balancer, and the document path as well as the IDs of the object), so duplicated or
   look-alike IDs still give distinct names; a readable ID part follows for people;
-- every generated variable name is longer than 32 characters, the longest name a PCRE2 named
-  capture may have: a regex in a ``server_name`` or ``location`` can never define or shadow one.
+- every generated variable name (and ``$cookie_<name>`` of the sticky cookies) is longer than 32
+  characters, the longest name a PCRE2 named capture may have: a regex in a ``server_name`` or
+  ``location`` can never define or shadow one.
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ def zone_name(lb: str) -> str:
     return f"z_{digest('zone', lb)}_{token(lb)}"
 
 
-def sticky_suffix(lb: str, listener: str, location: str) -> str:
-    """Cookie name part of a rule: from IDs only, so a reordered document keeps its cookies."""
-    return digest("sticky", lb, listener, location, size=10)
+def cookie_name(lb: str, listener: str, location: str) -> str:
+    """The sticky cookie of a rule: from IDs only, so a reordered document keeps its cookies; long
+    enough that nginx's ``$cookie_<name>`` variable is out of reach of a named capture too."""
+    name = f"clb_{digest('sticky', lb, listener, location, size=24)}"
+    assert len(f"cookie_{name}") > PCRE2_MAX_NAME
+    return name
 
 
 def server_id(secret: bytes, key: str, endpoint: str) -> str:

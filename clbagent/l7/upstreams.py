@@ -107,7 +107,7 @@ def build_pool(
 def _add_sticky(
     pool: Pool, identity: tuple[str, ...], key: str, rule: Rule, alive: list[Member], secret: bytes, conns: int
 ) -> None:
-    cookie = f"clb_{names.sticky_suffix(*identity[:3])}"
+    cookie = names.cookie_name(*identity[:3])
     pins: list[tuple[str, str]] = []
     answers: list[tuple[str, str]] = []
     for i, m in enumerate(alive):

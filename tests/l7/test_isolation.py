@@ -66,8 +66,9 @@ def test_another_tenant_cannot_replace_a_mutual_tls_ca(serve, backends, pki, tmp
 
 
 def test_no_regex_capture_can_name_a_generated_variable(pki, backends):
-    """Every variable the compiler defines (map, geo, nginx.conf) is longer than the longest
-    name PCRE2 allows for a named capture, so no ``(?<name>...)`` can set or shadow it."""
+    """Every variable the compiler defines (map, geo, nginx.conf) or reads from a sticky cookie is
+    longer than the longest name PCRE2 allows for a named capture, so no ``(?<name>...)`` can set
+    or shadow it."""
     b, c = backends("v"), backends("w")
     acl = {"AclId": "acl-1", "AclEntries": [{"Entry": "10.0.0.0/8"}]}
     rules = [rule("r", HOST, "/", [b.target(), c.target()], SessionExpireTime=60, DefaultServer=True)]
@@ -76,7 +77,9 @@ def test_no_regex_capture_can_name_a_generated_variable(pki, backends):
     text = "\n".join(t for p, t in cfg.files.items() if not p.startswith(("certs/", "ca/")))
     defined = set(re.findall(r"^\s*(?:map|geo) .* \$(\w+) \{$", text, re.M))
     assert len(defined) >= 5  # websocket, log protocol, ACL, sticky pin and cookie
-    for name in defined:
+    cookies = set(re.findall(r"^map \$(cookie_\w+) ", text, re.M))
+    assert len(cookies) == 1
+    for name in defined | cookies:
         assert not PCRE2_NAME.fullmatch(name), name
     assert "$clb_" not in (TEMPLATES / "loadbalancer.conf.j2").read_text()
 
