@@ -29,21 +29,23 @@ class Obj(BaseModel):
         if isinstance(data, dict):
             data = dict(data)
             path = data.pop(PATH_KEY, None)
-            for old, new in cls.V2_KEYS.items():
-                if old in data and new not in data:
-                    data[new] = data.pop(old)
+            if cls.V2_KEYS and not cls.V2_KEYS.keys().isdisjoint(data):
+                for old, new in cls.V2_KEYS.items():
+                    if old in data and new not in data:
+                        data[new] = data.pop(old)
         obj = handler(data)
         if isinstance(path, str):
-            obj._doc_path = path
+            obj.__pydantic_private__["_doc_path"] = path  # pydantic's own slot, without its __setattr__
         return obj
 
     @property
     def path(self) -> str:
-        return self._doc_path
+        return self.__pydantic_private__["_doc_path"]
 
     def at(self, field: str) -> str:
         """Path of one field of this object."""
-        return f"{self._doc_path}/{field}" if self._doc_path else field
+        path = self.__pydantic_private__["_doc_path"]
+        return f"{path}/{field}" if path else field
 
 
 def annotate_paths(data: Any, path: str = "") -> Any:

@@ -78,12 +78,16 @@ def _check_regex(pattern: str, what: str, caseless: bool) -> None:
         raise fail(Code.FORMAT_ERROR, f"{what} regex is refused: {exc}") from None
 
 
-@functools.lru_cache(maxsize=65536)
 def parse_domain(value: str, settings: Settings = DEFAULT_SETTINGS) -> Domain:
     """Classify a rule domain (exact, one-`*` wildcard, or `~` regex) or raise a CLB error.
     nginx matches server_name regexes caselessly."""
-    if not 1 <= len(value) <= settings.domain_max_length:
-        raise fail(Code.LENGTH, f"domain must be 1-{settings.domain_max_length} characters long")
+    return _parse_domain(value, settings.domain_max_length, settings.domain_allow_underscore)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_domain(value: str, max_length: int, allow_underscore: bool) -> Domain:
+    if not 1 <= len(value) <= max_length:
+        raise fail(Code.LENGTH, f"domain must be 1-{max_length} characters long")
     if value.startswith("~"):
         _check_regex(value[1:], "domain", caseless=True)
         return Domain("regex", value)
@@ -100,20 +104,24 @@ def parse_domain(value: str, settings: Settings = DEFAULT_SETTINGS) -> Domain:
     elif "*" in value:
         raise fail(Code.FORMAT_ERROR, "a wildcard domain must be '*.example.com' or 'www.example.*'")
     labels = body.split(".")
-    allowed = "a-z, 0-9, '.', '-'" + (", '_'" if settings.domain_allow_underscore else "")
+    allowed = "a-z, 0-9, '.', '-'" + (", '_'" if allow_underscore else "")
     for label in labels:
         if not label:
             raise fail(Code.FORMAT_ERROR, "domain has an empty label (two dots, or a leading/trailing dot)")
-        if not LABEL.match(label) or (not settings.domain_allow_underscore and "_" in label):
+        if not LABEL.match(label) or (not allow_underscore and "_" in label):
             raise fail(Code.FORMAT_ERROR, f"domain may only contain {allowed}")
     return Domain(kind, value)
 
 
-@functools.lru_cache(maxsize=65536)
 def parse_url(value: str, settings: Settings = DEFAULT_SETTINGS) -> Url:
     """Classify a rule URL by its nginx location modifier (`=`, `^~`, `~`, `~*`, prefix)."""
-    if not 1 <= len(value) <= settings.url_max_length:
-        raise fail(Code.LENGTH, f"URL must be 1-{settings.url_max_length} characters long")
+    return _parse_url(value, settings.url_max_length)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_url(value: str, max_length: int) -> Url:
+    if not 1 <= len(value) <= max_length:
+        raise fail(Code.LENGTH, f"URL must be 1-{max_length} characters long")
     for mark, kind in (("^~", "prefix_stop"), ("~*", "regex_nocase"), ("~", "regex"), ("=", "exact")):
         if value.startswith(mark):
             rest = value[len(mark) :]

@@ -46,15 +46,15 @@ L4_PROTOCOLS = frozenset({"TCP", "UDP", "TCP_SSL"})
 L7_PROTOCOLS = frozenset({"HTTP", "HTTPS"})
 
 
-CLASS_E = ip_network("240.0.0.0/4")  # reserved, with the limited broadcast 255.255.255.255
-THIS_NETWORK = ip_network("0.0.0.0/8")
 V6_RESERVED = ip_network("::/8")  # unspecified, IPv4-compatible and IPv4-mapped forms; ::1 is allowed apart
 
 
 def address_problem(addr: IPv4Address | IPv6Address) -> str | None:
     """Why an address cannot be a VIP or a target, or None. A wildcard would capture every other
     load balancer's traffic on the port; the other kinds cannot be bound or reached as written."""
-    if isinstance(addr, IPv6Address) and addr.scope_id is not None:
+    if isinstance(addr, IPv4Address):
+        return _v4_problem(addr)
+    if addr.scope_id is not None:
         return "a scoped IPv6 address (with %zone) is not allowed"
     if addr.is_unspecified:
         return f"{addr} is the wildcard address; name the load balancer's own address"
@@ -62,12 +62,24 @@ def address_problem(addr: IPv4Address | IPv6Address) -> str | None:
         return f"{addr} is a multicast address"
     if addr.is_link_local:
         return f"{addr} is a link-local address"
-    if isinstance(addr, IPv4Address) and (addr in CLASS_E or addr in THIS_NETWORK):
-        return f"{addr} is a reserved or broadcast address"
-    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+    if addr.ipv4_mapped is not None:
         return f"{addr} is an IPv4-mapped IPv6 address; write the IPv4 address"
-    if isinstance(addr, IPv6Address) and addr in V6_RESERVED and not addr.is_loopback:
+    if addr in V6_RESERVED and not addr.is_loopback:
         return f"{addr} is a reserved IPv6 address"
+    return None
+
+
+def _v4_problem(addr: IPv4Address) -> str | None:
+    """The IPv4 rules on the integer value (validation meets one address per target)."""
+    value = int(addr)
+    if value == 0:
+        return f"{addr} is the wildcard address; name the load balancer's own address"
+    if value >> 28 == 0xE:
+        return f"{addr} is a multicast address"
+    if value >> 16 == 0xA9FE:
+        return f"{addr} is a link-local address"
+    if value >> 28 == 0xF or value >> 24 == 0:
+        return f"{addr} is a reserved or broadcast address"
     return None
 
 
