@@ -22,9 +22,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clbagent.agent.config import AgentConfig  # noqa: E402
-from clbagent.agent.engine import Engine  # noqa: E402
-from clbagent.agent.source import FileSource  # noqa: E402
+from clbagent.agent.config import AgentConfig
+from clbagent.agent.engine import Engine
+from clbagent.agent.source import FileSource
 
 
 def document(i: int, weight: int = 10) -> dict:
@@ -44,7 +44,9 @@ def document(i: int, weight: int = 10) -> dict:
                         "Url": "/",
                         "DefaultServer": r == 0,
                         "HealthCheck": {"HealthSwitch": 0},
-                        "Targets": [{"EniIp": f"10.{i // 250}.{i % 250}.{t + 1}", "Port": 80, "Weight": weight} for t in range(2)],
+                        "Targets": [
+                            {"EniIp": f"10.{i // 250}.{i % 250}.{t + 1}", "Port": 80, "Weight": weight} for t in range(2)
+                        ],
                     }
                     for r in range(2)
                 ],

@@ -29,9 +29,7 @@ from clbagent.agent.store import GoodState, Store
 from clbagent.agent.vips import prepare_vips
 from clbagent.errors import Code, Issue
 from clbagent.l4 import IpvsPlan, plan_ipvs
-from clbagent.l7 import names
-from clbagent.l7.compile import compile_lb, main_conf
-from clbagent.l7.quote import UnsafeTextError
+from clbagent.l7.compile import compile_unit, main_conf
 from clbagent.nginx.controller import NginxController
 from clbagent.settings import Settings
 from clbagent.validate import DesiredState, DocumentResult
@@ -69,7 +67,24 @@ class Compiled:
 
 def revision(raw: Any) -> str:
     """A short content hash of a raw document: what `status` calls its revision."""
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Revisions:
+    """Revisions by source, computed once per raw object (the source keeps unchanged objects)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[str, tuple[Any, str]] = {}
+
+    def of(self, source: str, raw: Any) -> str:
+        cached = self._memo.get(source)
+        if cached is None or cached[0] is not raw:
+            cached = (raw, revision(raw))
+            self._memo[source] = cached
+        return cached[1]
+
+    def keep(self, sources: set[str]) -> None:
+        self._memo = {s: v for s, v in self._memo.items() if s in sources}
 
 
 class Engine:
@@ -87,6 +102,7 @@ class Engine:
         self.desired = IncrementalValidator(self.settings)  # the documents as given
         self.served = IncrementalValidator(self.settings)  # with quarantined ones at their last good version
         self._units: dict[str, tuple[DocumentResult, int, Files]] = {}
+        self.revisions = Revisions()
         self.secret = b""
         self.last_report: ApplyReport | None = None
 
@@ -147,7 +163,8 @@ class Engine:
         unchanged = self.good.generation is not None and files == good_files
         plan = self._plan(compiled.state)
 
-        vip_errors = prepare_vips(self._vips(compiled.state), self.config.vip_interface, self.l4.available)
+        vips = self._vips(compiled.state)
+        vip_errors = prepare_vips(vips, self.config.vip_interface, self.l4.available)
         staged = None
         if not unchanged:
             t = time.perf_counter()
@@ -173,6 +190,7 @@ class Engine:
                         units.pop(lb_id, None)
                 compiled = self._compile(list(served_sources.items()))
                 plan = self._plan(compiled.state)
+                vips = self._vips(compiled.state)
                 files = self._compose(units)
                 unchanged = files == self._compose(self.good_units)
                 if not unchanged:
@@ -186,7 +204,7 @@ class Engine:
             report.timings["nginx_test"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        l4_report = self.l4.apply(plan, self._vips(compiled.state))
+        l4_report = self.l4.apply(plan, vips)
         report.timings["ipvs"] = time.perf_counter() - t
         if l4_report.error:
             if staged is not None:
@@ -230,7 +248,7 @@ class Engine:
             staged = gens.stage(self._compose(self.good_units), None)
             if self.nginx.test(staged.number).ok and not self._switch(staged.number):
                 self.good.generation = staged.number
-                self.store.save(self.good)
+                self.store.save(self.good, {s: self.revisions.of(s, raw) for s, raw in self.good.documents.items()})
                 done.append(f"generated files restored as generation {staged.number}")
             else:
                 gens.switch(gen)
@@ -269,13 +287,14 @@ class Engine:
                 out.units[doc.root] = cached[2]
                 units[doc.root] = cached
                 continue
-            try:
-                text, files, _ = compile_lb(lb, state.catalog, frozenset(), self.secret)
-            except UnsafeTextError as exc:
-                out.failed[doc.root] = [Issue(doc.root, Code.FORMAT_ERROR, f"not rendered, unsafe text: {exc}")]
+            files, issues = compile_unit(
+                lb, state.catalog, frozenset(), self.secret, legacy_tls=self.settings.legacy_tls_default
+            )
+            if not files:
+                out.failed[doc.root] = [i for i in issues if i.severity == "error"]
                 continue
-            out.units[doc.root] = {names.lb_file(doc.root): text, **files}
-            units[doc.root] = (doc, validator.catalog_version, out.units[doc.root])
+            out.units[doc.root] = files
+            units[doc.root] = (doc, validator.catalog_version, files)
         self._units = units
         return out
 
@@ -370,12 +389,12 @@ class Engine:
         now = time.time()
         generation = report.generation
         status: dict[str, dict[str, Any]] = {}
-        desired = {self._root_of(s, raw): revision(raw) for s, raw in docs}
+        desired = {self._root_of(s, raw): self.revisions.of(s, raw) for s, raw in docs}
         served_roots = {self._root_of(s, raw): (s, raw) for s, raw in served.items()}
         previous = self.good.status
         for root in sorted(set(desired) | set(served_roots) | set(report.quarantined)):
             source, raw = served_roots.get(root, ("", None))
-            rev = revision(raw) if raw is not None else None
+            rev = self.revisions.of(source, raw) if raw is not None else None
             old = previous.get(root, {})
             changed = rev != old.get("revision") or root in report.changed
             errors = [i.to_dict() for i in report.quarantined.get(root, [])]
@@ -391,7 +410,8 @@ class Engine:
         self.good = GoodState(generation, dict(sorted(served.items())), status)
         self.good_units = units
         self.good_plan = plan
-        self.store.save(self.good)
+        self.store.save(self.good, {s: self.revisions.of(s, raw) for s, raw in self.good.documents.items()})
+        self.revisions.keep({s for s, _ in docs} | set(self.good.documents))
         gens = self.nginx.generations
         gens.prune(self.config.keep_generations, {generation} if generation is not None else set())
 

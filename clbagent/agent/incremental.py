@@ -35,13 +35,14 @@ class IncrementalValidator:
         self._state: DesiredState | None = None
         self.last_validated = 0
         self.catalog_version = 0  # moves whenever the shared objects may have changed
+        self._keys: dict[str, tuple[Any, tuple[bool, set[str]]]] = {}
 
     def validate(self, docs: list[tuple[str, Any]], full: bool = False) -> DesiredState:
         current = dict(docs)
         previous = self._cache
         changed = [s for s, raw in docs if s not in previous or previous[s][0] is not raw]
         removed = [s for s in previous if s not in current]
-        shared = {s for s, raw in docs if _defines_shared(raw)}
+        shared = {s for s, raw in docs if self._keys_of(s, raw)[0]}
         shared_changed = any(s in shared or _defines_shared(previous[s][0]) for s in changed if s in previous) or any(
             _defines_shared(previous[s][0]) for s in removed
         )
@@ -52,27 +53,35 @@ class IncrementalValidator:
         elif not changed and not removed:
             return self._state
         else:
-            subset = _closure(docs, changed, [previous[s][0] for s in removed + changed if s in previous]) | shared
+            keys = {s: self._keys_of(s, raw)[1] for s, raw in docs}
+            old = [_keys(previous[s][0]) for s in removed + changed if s in previous]
+            subset = _closure(keys, changed, old) | shared
             partial = validate_documents([(s, raw) for s, raw in docs if s in subset], self.settings)
             fresh = {d.source: d for d in partial.documents}
             merged = [fresh[s] if s in fresh else previous[s][1] for s, _ in docs]
             state = DesiredState(merged, partial.catalog, self.settings)
             self.last_validated = len(subset)
         self._cache = {d.source: (current[d.source], d) for d in state.documents if d.source in current}
+        self._keys = {s: v for s, v in self._keys.items() if s in current}
         self._state = state
         return state
 
+    def _keys_of(self, source: str, raw: Any) -> tuple[bool, set[str]]:
+        """Whether a document defines shared objects, and its cross-document keys (once per object)."""
+        cached = self._keys.get(source)
+        if cached is None or cached[0] is not raw:
+            cached = (raw, (_defines_shared(raw), _keys(raw)))
+            self._keys[source] = cached
+        return cached[1]
 
-def _closure(docs: list[tuple[str, Any]], changed: list[str], old: list[Any]) -> set[str]:
+
+def _closure(keys_of: dict[str, set[str]], changed: list[str], old: list[set[str]]) -> set[str]:
     """The changed documents and every document linked to them by a shared ID or VIP."""
     by_key: dict[str, list[str]] = {}
-    keys_of: dict[str, set[str]] = {}
-    for source, raw in docs:
-        keys = _keys(raw)
-        keys_of[source] = keys
+    for source, keys in keys_of.items():
         for key in keys:
             by_key.setdefault(key, []).append(source)
-    pending = [k for raw in old for k in _keys(raw)] + [k for s in changed for k in keys_of[s]]
+    pending = [k for keys in old for k in keys] + [k for s in changed for k in keys_of[s]]
     subset, seen = set(changed), set()
     while pending:
         key = pending.pop()
@@ -87,6 +96,7 @@ def _closure(docs: list[tuple[str, Any]], changed: list[str], old: list[Any]) ->
 
 
 def _keys(raw: Any) -> set[str]:
+    """What links a document to others in the cross-document rules: its ID and its VIPs."""
     ident = _lb_id(raw)
     return {f"vip:{v}" for v in _vips(raw)} | ({f"id:{ident}"} if ident else set())
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clbagent.errors import Code, Issue
-from clbagent.loader import SUFFIXES, document_files, load
+from clbagent.loader import SUFFIXES, load
 
 _Stat = tuple[int, int, int]
 
@@ -41,21 +41,21 @@ class FileSource:
 
     def read(self) -> Snapshot:
         snap = Snapshot()
-        missing = [p for p in self.paths if not p.exists()]
-        for p in missing:
-            snap.issues.append(Issue(str(p), Code.RESOURCE_NOT_FOUND, "no such file or directory"))
-            snap.failed_files.add(str(p))
-        others = {
-            str(f): _stat(f)
-            for p in self.paths
-            if p.is_dir()
-            for f in p.rglob("*")
-            if f.is_file() and f.suffix not in SUFFIXES
-        }
+        files: list[Path] = []
+        others: dict[str, _Stat] = {}
+        for p in self.paths:
+            if p.is_dir():
+                found, extra = _scan(p)
+                files.extend(found)
+                others.update(extra)
+            elif p.exists():
+                files.append(p)
+            else:
+                snap.issues.append(Issue(str(p), Code.RESOURCE_NOT_FOUND, "no such file or directory"))
+                snap.failed_files.add(str(p))
         if others != self._others:
             self._cache.clear()
             self._others = others
-        files = document_files([p for p in self.paths if p.exists()])
         present = {str(f) for f in files}
         for gone in set(self._cache) - present:
             del self._cache[gone]
@@ -73,6 +73,27 @@ class FileSource:
             if issues and not docs:
                 snap.failed_files.add(key)
         return snap
+
+
+def _scan(directory: Path) -> tuple[list[Path], dict[str, _Stat]]:
+    """Document files under a directory (sorted, as the loader orders them) and the other files
+    with their metadata, in one walk. Hidden files (editors' and atomic writers' temporaries) are
+    not documents."""
+    docs: list[str] = []
+    others: dict[str, _Stat] = {}
+    pending = [str(directory)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    pending.append(entry.path)
+                elif entry.name.endswith(SUFFIXES):
+                    docs.append(entry.path)
+                else:
+                    others[entry.path] = _stat(Path(entry.path))
+    return [Path(d) for d in sorted(docs)], others
 
 
 def _stat(path: Path) -> _Stat:

@@ -8,9 +8,15 @@ quarantines exactly the load balancers whose VIPs are missing.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from ipaddress import ip_address
 
 import psutil
+
+
+@lru_cache(maxsize=65536)
+def _loopback(vip: str) -> bool:
+    return ip_address(vip).is_loopback
 
 
 def local_addresses(exclude_interface: str = "") -> set[str]:
@@ -25,14 +31,17 @@ def local_addresses(exclude_interface: str = "") -> set[str]:
 
 def is_local(vip: str, interface: str) -> bool:
     """Local without our dummy interface: loopback, or an address of another interface."""
-    return ip_address(vip).is_loopback or vip in local_addresses(interface)
+    return _loopback(vip) or vip in local_addresses(interface)
 
 
 def prepare_vips(vips: dict[str, str], interface: str, l4_available: bool) -> dict[str, str]:
     """Put missing VIPs on the dummy interface (never removing any here). Returns, per load
     balancer, why one of its VIPs could not be added."""
+    candidates = [v for v in vips if not _loopback(v)]
+    if not candidates:
+        return {}
     others = local_addresses(interface)
-    missing = sorted(v for v in vips if not ip_address(v).is_loopback and v not in others)
+    missing = sorted(v for v in candidates if v not in others)
     if not missing:
         return {}
     try:

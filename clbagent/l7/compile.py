@@ -131,6 +131,20 @@ def compile_lb(
     return text, ctx.files, ctx.warnings
 
 
+def compile_unit(
+    lb: LoadBalancer, catalog: Catalog, down: frozenset[str], secret: bytes, *, legacy_tls: bool = False
+) -> tuple[dict[str, str], list[Issue]]:
+    """What one load balancer adds to the prefix: its include file and the certificates it uses,
+    with its warnings. One that cannot be served adds no file, and its issues say why (errors)."""
+    try:
+        text, files, warnings = compile_lb(lb, catalog, down, secret, legacy_tls=legacy_tls)
+    except UnsafeTextError as exc:
+        return {}, [Issue(lb.id, Code.FORMAT_ERROR, f"not rendered, unsafe text: {exc}")]
+    except TlsRefusedError as exc:
+        return {}, [Issue(f"{lb.id}/{exc.path}", exc.code, f"not rendered: {exc}")]
+    return {names.lb_file(lb.id): text, **files}, warnings
+
+
 def compile_nginx(
     state: DesiredState, down: frozenset[str] = frozenset(), *, prefix: str = DEFAULT_PREFIX, secret: bytes = b""
 ) -> NginxConfig:
@@ -142,20 +156,12 @@ def compile_nginx(
     """
     files = {"nginx.conf": main_conf(prefix)}
     warnings: list[Issue] = []
-    for lb_id, lb in sorted(state.load_balancers().items()):
+    for _lb_id, lb in sorted(state.load_balancers().items()):
         if all(lis.is_l4 for lis in lb.listeners):
             continue
-        try:
-            text, lb_files, lb_warnings = compile_lb(
-                lb, state.catalog, down, secret, legacy_tls=state.settings.legacy_tls_default
-            )
-        except UnsafeTextError as exc:
-            warnings.append(Issue(lb_id, Code.FORMAT_ERROR, f"not rendered, unsafe text: {exc}"))
-            continue
-        except TlsRefusedError as exc:
-            warnings.append(Issue(f"{lb_id}/{exc.path}", exc.code, f"not rendered: {exc}"))
-            continue
-        files[names.lb_file(lb_id)] = text
+        lb_files, lb_issues = compile_unit(
+            lb, state.catalog, down, secret, legacy_tls=state.settings.legacy_tls_default
+        )
         files.update(lb_files)
-        warnings.extend(lb_warnings)
+        warnings.extend(lb_issues)
     return NginxConfig(dict(sorted(files.items())), warnings)

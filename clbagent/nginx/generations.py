@@ -84,20 +84,27 @@ class Generations:
         target = self.path(number)
         tmp = self.dir / f".staging-{number}"
         shutil.rmtree(tmp, ignore_errors=True)
-        base_dir = self.path(base) if base is not None else None
+        base_dir = str(self.path(base)) if base is not None else None
         written: list[str] = []
         tmp.mkdir()
+        made = {"."}
         for rel, text in sorted(files.items()):
-            dest = tmp / rel
-            if not dest.parent.is_dir():
-                dest.parent.mkdir(parents=True, mode=0o700 if rel.startswith("certs/") else 0o755)
-            secret = rel.startswith("certs/")
+            parent = os.path.dirname(rel) or "."
+            if parent not in made:
+                (tmp / parent).mkdir(parents=True, exist_ok=True, mode=0o700 if rel.startswith("certs/") else 0o755)
+                made.add(parent)
+            dest = f"{tmp}/{rel}"
             data = text.encode()
-            old = base_dir / rel if base_dir is not None else None
-            if old is not None and ((changed is not None and rel not in changed and old.exists()) or _same(old, data)):
-                os.link(old, dest)
-                continue
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+            if base_dir is not None:
+                old = f"{base_dir}/{rel}"
+                known_same = changed is not None and rel not in changed
+                if known_same or _same(old, data):
+                    try:
+                        os.link(old, dest)
+                        continue
+                    except FileNotFoundError:
+                        pass
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if rel.startswith("certs/") else 0o644)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             written.append(rel)
@@ -126,8 +133,9 @@ class Generations:
         return removed
 
 
-def _same(path: Path, data: bytes) -> bool:
+def _same(path: str, data: bytes) -> bool:
     try:
-        return path.stat().st_size == len(data) and path.read_bytes() == data
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
     except OSError:
         return False

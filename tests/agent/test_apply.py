@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-import clbagent.agent.engine as engine_module
+import clbagent.l7.compile as compile_module
 from tests.agent.conftest import Load, http_lb, master_pid, worker_pids
 from tests.l7.conftest import http_get
 
 pytestmark = pytest.mark.nginx
 VIP_A, VIP_B = "127.0.41.1", "127.0.41.2"
-REAL_COMPILE = engine_module.compile_lb
+REAL_COMPILE = compile_module.compile_lb
 
 
 def test_apply_routes_traffic_and_a_repeat_does_nothing(host, backends):
@@ -76,11 +76,11 @@ def test_unparsable_file_keeps_its_last_good_version(host, backends):
 
 def _inject(monkeypatch, lb_id: str, extra: str) -> None:
     """Make the compiled file of one load balancer carry ``extra`` (what nginx will judge)."""
-    def compile_lb(lb, catalog, down, secret):
-        text, files, warnings = REAL_COMPILE(lb, catalog, down, secret)
+    def compile_lb(lb, catalog, down, secret, **options):
+        text, files, warnings = REAL_COMPILE(lb, catalog, down, secret, **options)
         return (text + extra if lb.id == lb_id else text), files, warnings
 
-    monkeypatch.setattr(engine_module, "compile_lb", compile_lb)
+    monkeypatch.setattr(compile_module, "compile_lb", compile_lb)
 
 
 def test_nginx_test_failure_quarantines_only_the_culprit(host, backends, monkeypatch):
