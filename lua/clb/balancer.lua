@@ -32,19 +32,13 @@ end
 
 local NO_LIVE_UPSTREAMS = -3 -- NGX_BUSY: nginx answers 502 and logs "no live upstreams"
 local cache = {}
+local any_sticky = false -- until an upstream with cookie persistence is seen, no header filter work
 local inflight = {} -- request address → state of its tries: {up =, peer =, tried =, hash =}
-local shm, conns
-
-local function dicts()
-  shm = store.new(ngx.shared.clb_upstreams)
-  conns = ngx.shared.clb_conns
-end
+local shm = store.new(ngx.shared.clb_upstreams)
+local conns = ngx.shared.clb_conns
 
 --- The per-worker form of upstream ``name`` at its current version, or nil when nginx holds none.
 function M.upstream(name)
-  if not shm then
-    dicts()
-  end
   local version = shm:version(name)
   local up = cache[name]
   if up and up.version == version then
@@ -61,6 +55,7 @@ function M.upstream(name)
   end
   up = peers.build(name, upstream, version)
   cache[name] = up
+  any_sticky = any_sticky or up.sticky ~= nil
   return up
 end
 
@@ -136,6 +131,9 @@ end
 --- header_filter_by_lua: with cookie persistence, the cookie names the member that answered
 --- (after a failover, the new one); a missing, stale or forged cookie is replaced.
 function M.header_filter()
+  if not any_sticky then
+    return
+  end
   local st = inflight[request_key()]
   local peer = st and st.peer
   if not (peer and peer.cookie) then
