@@ -25,6 +25,7 @@ from clbagent.agent.metrics import AgentMetrics
 from clbagent.agent.source import FileSource
 from clbagent.agent.status import serve
 from clbagent.agent.systemd import notify, watchdog_interval
+from clbagent.settings import SettingsError
 
 
 def log(event: str, **fields: Any) -> None:
@@ -38,7 +39,7 @@ class Agent:
         self.config_path = config_path
         self.config = config
         self.engine = Engine(config)
-        self.source = FileSource([config.documents])
+        self.source = FileSource([config.documents], config.cert_dir, self.engine.settings)
         self.metrics = AgentMetrics()
         self.started = time.time()
         self._dirty = asyncio.Event()
@@ -181,10 +182,13 @@ class Agent:
             log("config_error", error=str(exc), note="keeping the running configuration")
             return
         notify("RELOADING=1")
+        try:
+            self.engine.reconfigure(config)
+        except SettingsError as exc:
+            log("config_error", error=f"settings: {exc}", note="keeping the running configuration")
+            return
         self.config = config
-        self.engine.config = config
-        self.engine.settings = type(self.engine.settings).load(config.settings)
-        self.source = FileSource([config.documents])
+        self.source = FileSource([config.documents], config.cert_dir, self.engine.settings)
         log("config_reloaded", path=str(self.config_path))
         self.mark("sighup")
         notify("READY=1")

@@ -106,6 +106,17 @@ class Engine:
         self.secret = b""
         self.last_report: ApplyReport | None = None
 
+    def reconfigure(self, config: AgentConfig) -> None:
+        """A re-read agent config (SIGHUP): new settings mean every document is judged again.
+        The state directory and the nginx root are fixed for the life of the process."""
+        settings = Settings.load(config.settings)
+        self.config = config.model_copy(update={"state_dir": self.config.state_dir})
+        self.nginx.binary, self.nginx.reload_timeout = config.nginx_binary, config.reload_timeout
+        if settings != self.settings:
+            self.settings = settings
+            self.desired = IncrementalValidator(settings)
+            self.served = IncrementalValidator(settings)
+
     # ------------------------------------------------------------------ start
 
     def start(self) -> None:

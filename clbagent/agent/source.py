@@ -14,6 +14,7 @@ from typing import Any
 
 from clbagent.errors import Code, Issue
 from clbagent.loader import SUFFIXES, load
+from clbagent.settings import DEFAULT_SETTINGS, Settings
 
 _Stat = tuple[int, int, int]
 
@@ -31,8 +32,10 @@ class Snapshot:
 class FileSource:
     """Files and directories of documents; ``read`` returns them all, parsing only what changed."""
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], cert_dir: Path | None = None, settings: Settings = DEFAULT_SETTINGS):
         self.paths = paths
+        self.cert_dir = cert_dir
+        self.settings = settings
         self._cache: dict[str, tuple[_Stat, list[tuple[str, Any]], list[Issue]]] = {}
         self._others: dict[str, _Stat] = {}
 
@@ -63,7 +66,7 @@ class FileSource:
             key, st = str(f), _stat(f)
             cached = self._cache.get(key)
             if cached is None or cached[0] != st:
-                docs, issues = load([f])
+                docs, issues = load([f], self.cert_dir, self.settings)
                 cached = (st, docs, issues)
                 self._cache[key] = cached
                 snap.files_read += 1

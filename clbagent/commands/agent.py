@@ -21,13 +21,17 @@ def _config_path(value: Path | None) -> Path | None:
 
 
 def _load_config(args: Any, command: str):
+    """The agent config, with its validation settings file checked too; None after an error."""
     from clbagent.agent.config import AgentConfig, ConfigError
+    from clbagent.settings import Settings, SettingsError
 
     try:
-        return AgentConfig.load(_config_path(args.config))
-    except ConfigError as exc:
+        config = AgentConfig.load(_config_path(args.config))
+        Settings.load(config.settings)
+    except (ConfigError, SettingsError) as exc:
         print(f"clbagent {command}: {exc}", file=sys.stderr)
         return None
+    return config
 
 
 def add_parsers(sub: Any) -> None:
@@ -110,7 +114,7 @@ def run_apply(args: Any) -> int:
         return EXIT_FAILURE
     try:
         engine.start()
-        snap = FileSource(args.paths or [config.documents]).read()
+        snap = FileSource(args.paths or [config.documents], config.cert_dir, engine.settings).read()
         report = engine.apply(snap.docs, snap.issues, snap.failed_files)
     except NginxError as exc:
         print(f"clbagent apply: {exc}", file=sys.stderr)
@@ -159,6 +163,8 @@ def _report_dict(report: Any) -> dict[str, Any]:
 def run_daemon(args: Any) -> int:
     from clbagent.agent.daemon import run_agent
 
+    if _load_config(args, "run") is None:
+        return EXIT_INVALID
     return run_agent(_config_path(args.config))
 
 

@@ -163,3 +163,29 @@ def test_unit_file_passes_systemd_analyze_verify():
         result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, cwd=tmp)
     problems = [line for line in result.stderr.splitlines() if "clbagent.service" in line]
     assert result.returncode == 0 and not problems, result.stderr
+
+
+def test_metrics_endpoint_on_loopback_counts_applies(host, backends):
+    import httpx
+
+    b1 = backends("b1")
+    host.write("a.yaml", http_lb("lb-a", VIP, [b1.target()]))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = yaml.safe_load(host.config_path.read_text())
+    host.config_path.write_text(yaml.safe_dump({**config, "metrics_address": f"127.0.0.1:{port}"}))
+    host.start_agent()
+    text = wait_for(lambda: _scrape(httpx, port), 30, "the metrics endpoint")
+    assert 'clbagent_applies_total{result="applied"} 1.0' in text
+    assert "clbagent_nginx_up 1.0" in text
+    assert "clbagent_config_generation 1.0" in text
+    host.write("a.yaml", http_lb("lb-a", VIP, [b1.target(weight=5)]))
+    wait_for(lambda: 'clbagent_applies_total{result="applied"} 2.0' in _scrape(httpx, port), 30, "a second apply")
+
+
+def _scrape(httpx, port: int) -> str:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return ""
