@@ -23,6 +23,7 @@ import functools
 import re
 import re._constants as sre
 import re._parser as sre_parse
+import warnings
 from typing import Any
 
 import pcre2
@@ -60,13 +61,15 @@ def check_regex(pattern: str, caseless: bool) -> None:
     raw = pattern.encode("ascii")
     try:
         compiled = pcre2.compile(raw, pcre2.IGNORECASE if caseless else 0, jit=False)
-    except pcre2.PatternError as exc:
+    except (pcre2.PatternError, pcre2.LibraryError) as exc:
         raise RegexError(f"PCRE2 refuses it: {exc}") from None
     if compiled.groupindex:
         raise RegexError("named captures are not allowed (nginx would turn them into variables)")
     try:
-        tree = sre_parse.parse(raw, re.IGNORECASE if caseless else 0)
-    except re.error as exc:
+        with warnings.catch_warnings():  # Python's notes on '[[' or '--' in a class: literal there as in PCRE2
+            warnings.simplefilter("ignore", FutureWarning)
+            tree = sre_parse.parse(raw, re.IGNORECASE if caseless else 0)
+    except (re.error, OverflowError, RecursionError) as exc:
         raise RegexError(f"it uses syntax outside the supported subset ({exc})") from None
     if tree.state.flags & ~(re.IGNORECASE | re.ASCII):
         raise RegexError("the only inline flag allowed is (?i)")
