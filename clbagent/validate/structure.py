@@ -72,14 +72,19 @@ def _code(err: dict[str, Any]) -> str:
 
 
 def _message(err: dict[str, Any], secret: bool = False) -> str:
+    secret = secret or "-----BEGIN" in repr(err.get("input"))  # PEM pasted into any field
     if err["type"] == "missing":
         return "this field is required"
     if err["type"] == "extra_forbidden":
         return "unknown field (field names follow the CLB API 2018-03-17 spelling)"
     if err["type"] in ("ip_v4_address", "ip_v6_address", "ip_any_address"):
-        return f"{err.get('input')!r:.60} is not a valid IP address"
+        return (
+            "the value is not a valid IP address" if secret else f"{err.get('input')!r:.60} is not a valid IP address"
+        )
     if err["type"] in ("ip_v4_network", "ip_v6_network", "ip_any_network"):
-        return f"{err.get('input')!r:.60} is not a valid CIDR block"
+        return (
+            "the value is not a valid CIDR block" if secret else f"{err.get('input')!r:.60} is not a valid CIDR block"
+        )
     msg = str(err["msg"])
     if err["type"] in _CLB_CODES:
         return msg

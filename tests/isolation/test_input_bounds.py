@@ -212,3 +212,13 @@ def test_a_key_in_the_wrong_shape_is_not_quoted(tmp_path: Path) -> None:
     path.write_text(json.dumps({"Certificates": [{"CertId": "c", "CertContent": CERT, "CertKey": {"pem": secret}}]}))
     proc = _cli("validate", str(path), "--json")
     assert proc.returncode == 2 and secret not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("field", ["LoadBalancerName", "LoadBalancerVips"])
+def test_a_key_pasted_into_another_field_is_not_quoted(tmp_path: Path, field: str) -> None:
+    path = tmp_path / "k.yaml"
+    value = KEY if field == "LoadBalancerName" else [KEY]
+    path.write_text(yaml.safe_dump({"LoadBalancerId": "lb-k", "LoadBalancerVips": ["127.0.10.1"], field: value}))
+    proc = _cli("validate", str(path), "--json")
+    body = KEY.splitlines()[1]
+    assert proc.returncode == 2 and body[:20] not in proc.stdout + proc.stderr
