@@ -1,12 +1,16 @@
 """Benchmark (not a test): the agent's apply path, from a document edit on disk to the new
-configuration verified serving, for 1 and for 1,000 load balancers.
+configuration verified serving, for 1 and for 1,000 load balancers; then changes under load.
 
 Each row is split the way an operator reasons about it: load+validate, compile, write (staging
 the generation), ``nginx -t``, reload+verify. The goal is that everything but ``nginx -t`` and the
 reload stays under 50 ms for a one-document edit among 1,000: only that document is re-read and
 re-validated, only its file is written. The reference in the same run is ``nginx -t`` itself.
 
-    .venv/bin/python bench/agent_bench.py [--sizes 1,1000] [--edits 5]
+The second table applies ``--churn`` changes one after another (targets added and removed, a
+load balancer added and removed) while wrk (keep-alive) and a client opening a connection per
+request run, and compares wrk's throughput with a quiet run of the same length (the reference).
+
+    .venv/bin/python bench/agent_bench.py [--sizes 1,1000] [--edits 5] [--churn 100]
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def document(i: int, weight: int = 10) -> dict:
                         "DefaultServer": r == 0,
                         "HealthCheck": {"HealthSwitch": 0},
                         "Targets": [
-                            {"EniIp": f"10.{i // 250}.{i % 250}.{t + 1}", "Port": 80, "Weight": weight} for t in range(2)
+                            {"EniIp": f"10.{i // 250}.{i % 250}.{t + 1}", "Port": 80, "Weight": weight}
+                            for t in range(2)
                         ],
                     }
                     for r in range(2)
@@ -53,6 +58,10 @@ def document(i: int, weight: int = 10) -> dict:
             }
         ],
     }
+
+
+def target(i: int, t: int, weight: int) -> dict:
+    return {"EniIp": f"10.{i // 250}.{i % 250}.{t + 1}", "Port": 80, "Weight": weight}
 
 
 def write(path: Path, doc: dict) -> None:
@@ -103,13 +112,118 @@ def run(size: int, edits: int) -> dict[str, float]:
     return median
 
 
+def churn(changes: int) -> None:
+    """Changes under load: wrk and a connection-per-request client, failures counted."""
+    import re
+    import shutil
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.agent.conftest import Load
+
+    class Answer(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = b'{"backend": "%s"}' % self.server.server_address[0].encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    pool = []
+    for n in range(4):
+        server = ThreadingHTTPServer((f"127.0.45.{n + 1}", 0), Answer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        pool.append({"EniIp": f"127.0.45.{n + 1}", "Port": server.server_address[1], "Weight": 10})
+    base = Path(tempfile.mkdtemp(prefix="clb-bench-churn-"))
+    base.chmod(0o755)
+    docs = base / "documents"
+    docs.mkdir()
+    vip = "127.0.46.1"
+
+    def lb(i: int) -> dict:
+        doc = document(0)
+        doc["LoadBalancerVips"] = [vip]
+        rule = doc["Listeners"][0]["Rules"][0]
+        rule["Domain"], rule["Targets"] = "www.example.com", [pool[(i + k) % 4] for k in range(1 + i % 3)]
+        doc["Listeners"][0]["Rules"] = [rule]
+        return doc
+
+    write(docs / "a.yaml", lb(0))
+    engine = Engine(
+        AgentConfig(documents=docs, state_dir=base / "state", metrics_address="", worker_shutdown_timeout="5s")
+    )
+    engine.start()
+    source = FileSource([docs])
+
+    def apply() -> None:
+        snap = source.read()
+        report = engine.apply(snap.docs, snap.issues, snap.failed_files)
+        assert report.ok, report
+
+    apply()
+    wrk = shutil.which("wrk")
+
+    def run_wrk(seconds: float) -> subprocess.Popen | None:
+        if wrk is None:
+            return None
+        return subprocess.Popen(
+            [wrk, "-t1", "-c8", f"-d{max(1, round(seconds))}s", "-H", "Host: www.example.com", f"http://{vip}:8080/"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def wrk_figures(proc: subprocess.Popen | None) -> tuple[int, int, int]:
+        if proc is None:
+            return 0, 0, 0
+        out = proc.communicate()[0]
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+        errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+        non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+        return total, errors, non2xx
+
+    start = time.perf_counter()
+    with Load(vip, 8080, "www.example.com") as fresh:
+        for i in range(changes):
+            if i % 10 == 9:
+                write(docs / "b.yaml", {**lb(i), "LoadBalancerId": "lb-b", "LoadBalancerVips": ["127.0.46.2"]})
+            elif i % 10 == 0:
+                (docs / "b.yaml").unlink(missing_ok=True)
+            write(docs / "a.yaml", lb(i + 1))
+            if i == 0:
+                busy = run_wrk(changes * 0.12)
+            apply()
+    seconds = time.perf_counter() - start
+    busy_total, busy_errors, busy_non2xx = wrk_figures(busy)
+    quiet_total, _, _ = wrk_figures(run_wrk(changes * 0.12))
+    engine.nginx.stop()
+    print(f"\n{changes} changes applied in {seconds:.1f}s ({changes / seconds:.1f}/s), each a verified reload")
+    print(f"  connection-per-request client: {fresh.sent} requests, {fresh.failed} failed")
+    if wrk is None:
+        print("  wrk: not installed")
+        return
+    ratio = busy_total / quiet_total if quiet_total else 0.0
+    print(
+        f"  wrk keep-alive (8 conns): {busy_total} requests, {busy_errors} socket errors, {busy_non2xx} non-2xx; "
+        f"{ratio:.2f}x the requests of a quiet run of the same length ({quiet_total})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,1000")
     parser.add_argument("--edits", type=int, default=5)
+    parser.add_argument("--churn", type=int, default=100, help="changes under load (0: skip)")
     args = parser.parse_args()
-    print(f"{'LBs':>6} {'load+validate':>14} {'compile':>8} {'write':>7} {'ours':>8} {'nginx -t':>9} "
-          f"{'reload':>8} {'ours/nginx -t':>14} {'initial':>8}")
+    print(
+        f"{'LBs':>6} {'load+validate':>14} {'compile':>8} {'write':>7} {'ours':>8} {'nginx -t':>9} "
+        f"{'reload':>8} {'ours/nginx -t':>14} {'initial':>8}"
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         m = run(size, args.edits)
         ours = m["load+validate"] + m["compile"] + m["write"]
@@ -118,6 +232,8 @@ def main() -> None:
             f"{ours * 1000:>6.1f}ms {m['nginx -t'] * 1000:>7.1f}ms {m['reload+verify'] * 1000:>6.1f}ms "
             f"{ours / m['nginx -t']:>13.2f}x {m['initial apply']:>7.2f}s"
         )
+    if args.churn:
+        churn(args.churn)
 
 
 if __name__ == "__main__":

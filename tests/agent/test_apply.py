@@ -134,7 +134,7 @@ def test_changes_under_load_fail_no_request(host, backends):
     assert host.apply_once(engine).result == "applied"
     master = master_pid(host)
     with Load(VIP_A, 8080, "www.example.com") as fresh, Load(VIP_A, 8080, "www.example.com", keepalive=True) as kept:
-        for i in range(40):
+        for i in range(100):
             targets = [pool[(i + k) % 4].target() for k in range(1 + i % 3)]
             doc = http_lb("lb-a", VIP_A, targets)
             if i % 5 == 4:
@@ -145,7 +145,7 @@ def test_changes_under_load_fail_no_request(host, backends):
             report = host.apply_once(engine)
             assert report.ok, report
     assert master_pid(host) == master
-    assert fresh.sent > 40 and kept.sent > 40
+    assert fresh.sent > 100 and kept.sent > 100
     assert fresh.failed == 0, fresh.errors[:5]
     assert kept.failed == 0, kept.errors[:5]
     print(f"requests: {fresh.sent} new-connection, {kept.sent} keep-alive ({kept.retries} retried once)")
