@@ -82,7 +82,7 @@ class _YamlBuilder:
     CONSTRUCTOR = yaml.constructor.SafeConstructor()
     RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
     STR = "tag:yaml.org,2002:str"
-    RESOLVED: ClassVar[dict[str, str]] = {}  # plain scalars known to stay strings (keys, mostly)
+    RESOLVED: ClassVar[dict[str, Any]] = {}  # plain scalar -> its (immutable) value
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -160,6 +160,11 @@ class _YamlBuilder:
 
     def scalar(self, event: Any) -> Any:
         value = event.value
+        plain = not event.style and event.implicit[0]
+        if plain and event.tag is None:
+            known = self.RESOLVED.get(value, NO_KEY)  # short ASCII plain scalars repeat (keys, ports)
+            if known is not NO_KEY:
+                return known
         if len(value) > self.settings.max_string_length:
             raise DocumentError(f"a string is longer than {self.settings.max_string_length} characters")
         if not value.isascii():
@@ -167,23 +172,21 @@ class _YamlBuilder:
         if event.tag is not None and event.tag != "!":
             self.plain = False
             return None
-        if event.style or not event.implicit[0]:  # quoted or block: a string
+        if not plain:  # quoted or block: a string
             return value
-        known = self.RESOLVED.get(value, NO_KEY)
-        if known is not NO_KEY:
-            return known
         tag = next((t for t, regexp in self.RESOLVERS.get(value[:1], ()) if regexp.match(value)), self.STR)
         if tag == self.STR:
-            if len(self.RESOLVED) < 4096:
-                self.RESOLVED[value] = value
-            return value
-        construct = self.CONSTRUCTOR.yaml_constructors.get(tag)
-        if construct is None or tag.endswith((":merge", ":value", ":timestamp")):
-            self.plain = False
-            return None
-        out = construct(self.CONSTRUCTOR, yaml.ScalarNode(tag, value))
-        if isinstance(out, int) and not isinstance(out, bool) and not -INT_LIMIT <= out < INT_LIMIT:
-            raise DocumentError("an integer is out of the 64-bit range")
+            out: Any = value
+        else:
+            construct = self.CONSTRUCTOR.yaml_constructors.get(tag)
+            if construct is None or tag.endswith((":merge", ":value", ":timestamp")):
+                self.plain = False
+                return None
+            out = construct(self.CONSTRUCTOR, yaml.ScalarNode(tag, value))
+            if isinstance(out, int) and not isinstance(out, bool) and not -INT_LIMIT <= out < INT_LIMIT:
+                raise DocumentError("an integer is out of the 64-bit range")
+        if len(value) <= 64 and value.isascii() and len(self.RESOLVED) < 65536:
+            self.RESOLVED[value] = out
         return out
 
 
