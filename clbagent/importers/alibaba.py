@@ -94,11 +94,10 @@ class _Params:
         value = self.text(name)
         if value is None:
             return None
-        try:
-            n = int(value)
-        except ValueError:
-            self.err(name, Code.FORMAT_ERROR, f"{name} must be an integer, not {value!r}")
+        if not (value.isascii() and value.strip().lstrip("+-").isdigit()):  # int() takes any script's digits
+            self.err(name, Code.FORMAT_ERROR, f"{name} must be an integer, not {value!r:.40}")
             return None
+        n = int(value)
         if not (low <= n <= high or n in extra):
             allowed = " or ".join([*map(str, extra), f"{low}-{high}"])
             self.err(name, code, f"{name} must be {allowed}, not {n}")
@@ -201,7 +200,7 @@ def _server_cert_ids(a: _Params) -> list[str]:
             continue
         try:
             entries = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, too deep, or digits beyond any integer
             a.err(name, "InvalidParamSize.ServerCertificates", f"{name} must be a JSON list of certificates")
             continue
         for entry in entries if isinstance(entries, list) else [entries]:
@@ -258,7 +257,8 @@ def _health_check(a: _Params) -> dict[str, Any]:
     for src, dst in simple.items():
         value = a.text(src)
         if value is not None:
-            hc[dst] = int(value) if value.isdigit() else value.lower() if dst == "HttpCheckDomain" else value
+            digits = value.isascii() and value.isdigit()
+            hc[dst] = int(value) if digits else value.lower() if dst == "HttpCheckDomain" else value
     if a.text("HealthCheckMethod"):
         hc["HttpCheckMethod"] = a.text("HealthCheckMethod").upper()  # type: ignore[union-attr]
     if a.text("HealthCheckHttpCode"):

@@ -222,3 +222,18 @@ def test_a_key_pasted_into_another_field_is_not_quoted(tmp_path: Path, field: st
     proc = _cli("validate", str(path), "--json")
     body = KEY.splitlines()[1]
     assert proc.returncode == 2 and body[:20] not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "ListenerPort=\uff14\uff14\uff13",
+        "ListenerPort=443&HealthCheck=on&HealthyThreshold=\u00b3",
+        "ServerCertificates=" + "[" * 5000,
+    ],
+)
+def test_odd_request_parameters_are_errors_not_tracebacks(tmp_path: Path, params: str) -> None:
+    request = tmp_path / "request.txt"
+    request.write_text(f"Action=CreateLoadBalancerHTTPSListener&LoadBalancerId=lb-1&ServerCertificateId=c&{params}\n")
+    proc = _cli("import", "alibaba-https", str(request), "--vip", "127.0.30.1")
+    assert "Traceback" not in proc.stderr and proc.returncode in (0, 2), proc.stderr
