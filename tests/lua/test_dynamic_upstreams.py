@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -403,6 +404,7 @@ def test_malformed_input_is_refused_and_nothing_changes(lua_nginx: Callable[...,
     assert set(hits(served, "pool", 4)) == {"a"}
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to try as another user")
 def test_control_socket_is_root_only(lua_nginx: Callable[..., LuaNginx], backends) -> None:
     served = lua_nginx({"pool": Upstream((member(backends("a")),))})
     sock = served.prefix / "run" / "ctl.sock"
