@@ -1,5 +1,6 @@
 --- init_by_lua (nginx start and every reload, in the master): load the data file of the prefix
---- into shared memory. A malformed file fails the start (and ``nginx -t``) with its path.
+--- into shared memory. A malformed file fails the start or the reload with its path and field
+--- (``nginx -t`` does not run init_by_lua: the renderer writes the file from validated models).
 local cjson = require("cjson.safe")
 local spec = require("clb.spec")
 local store = require("clb.store")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clbagent.nginx.upstreams_channel import (
     ChannelError,
@@ -414,3 +416,33 @@ def test_control_socket_is_root_only(lua_nginx: Callable[..., LuaNginx], backend
     assert proc.returncode != 0 and "PermissionError" in proc.stderr, proc.stderr
     with served.channel() as ch:
         assert "pool" in ch.held().upstreams
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+_FIELD = st.sampled_from(["endpoint", "weight", "down", "sid", "method", "members", "sticky", "cookie", "x"])
+_MEMBER = st.dictionaries(_FIELD, _JSON | st.sampled_from(["10.0.0.1:80", "[::1]:1", 0, 100, True]), max_size=5)
+_UPSTREAM = st.fixed_dictionaries({"members": st.lists(_MEMBER, max_size=3)}, optional={"method": _JSON})
+_BODY = st.fixed_dictionaries({"upstreams": st.dictionaries(st.text(max_size=8), _UPSTREAM | _JSON, max_size=3)})
+
+
+def test_the_channel_survives_arbitrary_input(lua_nginx: Callable[..., LuaNginx], backends) -> None:
+    """Any JSON is answered 200 (valid) or 400 (not), and no worker dies."""
+    served = lua_nginx({"pool": Upstream((member(backends("a")),))})
+    workers = sorted(served.nginx.workers())
+    transport = httpx.HTTPTransport(uds=str(served.prefix / "run" / "ctl.sock"))
+    with httpx.Client(transport=transport, base_url="http://nginx", timeout=10) as raw:
+
+        @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(body=_BODY | _JSON)
+        def put(body: object) -> None:
+            resp = raw.put("/upstreams", content=json.dumps(body, allow_nan=True).encode())
+            assert resp.status_code in (200, 400), resp.text
+            if resp.status_code == 400:
+                assert resp.json()["error"]
+
+        put()
+    assert sorted(served.nginx.workers()) == workers
