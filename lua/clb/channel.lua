@@ -71,7 +71,7 @@ end
 
 local function put(shm)
   local doc, status, message = body()
-  if not doc then
+  if status then -- (a body of false or null is a document, and a malformed one)
     return refuse(status, message, "")
   end
   local upstreams, err = spec.document(doc)

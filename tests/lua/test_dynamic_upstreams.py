@@ -378,6 +378,8 @@ BAD_BODIES = [
     (b'{"upstreams": [1]}', "upstreams"),
     (b'{"upstreams": {"pool": {"members": [' + b"[" * 5000 + b"]" * 5000 + b"]}}}", ""),
     (b"[1, 2, 3]", ""),
+    (b"false", ""),
+    (b"null", ""),
     (b"", ""),
 ]
 
