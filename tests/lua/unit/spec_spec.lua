@@ -75,6 +75,7 @@ describe("documents", function()
       { { upstreams = { 1, 2 } }, "upstreams" },
       { { upstreams = { u = { members = {} } }, more = 1 }, "" },
       { "text", "" },
+      { false, "" },
     }
     for _, case in ipairs(cases) do
       local path, message = refused(case[1])
