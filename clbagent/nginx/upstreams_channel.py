@@ -22,11 +22,10 @@ import httpx
 SOCKET = "run/ctl.sock"  # relative to the prefix
 DATA_FILE = "upstreams.json"  # relative to the prefix
 BATCH_BYTES = 256 * 1024  # one PUT stays well under the channel's client_max_body_size
-METHODS = ("wrr", "least_conn", "ip_hash")
 LUA_DIR = Path(__file__).resolve().parents[2] / "lua"  # the Lua code shipped in the repository
 NGINX_MODULES = Path("/usr/lib/nginx/modules")  # Debian's
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")  # an upstream name, as lua/clb/spec.lua accepts it
-PLAIN_PATH = re.compile(r"^/[A-Za-z0-9_./-]*$")  # a path that needs no quoting in nginx or Lua text
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # an upstream name, as lua/clb/spec.lua accepts it
+PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./-]*")  # a path that needs no quoting in nginx or Lua text
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ def render_data_file(upstreams: Mapping[str, Upstream]) -> str:
 
 
 def _plain(path: Path) -> str:
-    if not PLAIN_PATH.match(str(path)):
+    if not PLAIN_PATH.fullmatch(str(path)):
         raise ValueError(f"{path}: an nginx prefix or Lua directory path must be absolute, of [A-Za-z0-9_./-]")
     return str(path)
 
@@ -111,7 +110,7 @@ def http_directives(prefix: Path, dict_size: str, lua_dir: Path = LUA_DIR) -> st
 
 def upstream_block(name: str, keepalive: int = 32) -> str:
     """The ``upstream`` block of one dynamic upstream (keepalive after the balancer, as it must be)."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ValueError(f"upstream name {name!r}: 1-128 of [A-Za-z0-9_.-]")
     pool = f"        keepalive {int(keepalive)};\n" if keepalive else ""
     return (

@@ -64,4 +64,6 @@ def test_nginx_text_refuses_what_it_cannot_write_safely() -> None:
         http_directives(Path("/srv/clb"), "4m; x")
     with pytest.raises(ValueError):
         channel_server(Path("relative/prefix"))
+    with pytest.raises(ValueError):
+        upstream_block("u\n")
     assert 'balance("u_1.a-b")' in upstream_block("u_1.a-b")
