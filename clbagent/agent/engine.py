@@ -32,7 +32,7 @@ from clbagent.l4 import IpvsPlan, plan_ipvs
 from clbagent.l7.compile import compile_unit, main_conf
 from clbagent.nginx.controller import NginxController
 from clbagent.settings import Settings
-from clbagent.validate import DesiredState, DocumentResult
+from clbagent.validate import DesiredState, DocumentResult, check_transition
 
 Files = dict[str, str]
 
@@ -149,6 +149,7 @@ class Engine:
         report = ApplyReport(generation=self.good.generation)
         t = time.perf_counter()
         new = self.desired.validate(docs, full)
+        self._check_transitions(new)
         bad = {d.source for d in new.documents if not d.ok}
         bad |= {src for src, _ in docs if any(_under(i.path, src) for i in load_issues)}
         effective = self._effective(docs, bad, failed_files)
@@ -244,6 +245,16 @@ class Engine:
         report.result = "applied" if (report.changed or not unchanged) else "nothing to do"
         self._commit(report, served_sources, units, plan, docs)
         return self._finish(report)
+
+    def _check_transitions(self, new: DesiredState) -> None:
+        """Rules about changes rather than states (SNI, once on, stays on: R15), for the documents
+        validated anew, against the versions being served."""
+        previous, fresh = self.served.state, self.desired.fresh
+        if previous is None or not fresh:
+            return
+        roots = {d.root for d in fresh}
+        before = DesiredState([d for d in previous.documents if d.root in roots], previous.catalog, previous.settings)
+        check_transition(before, DesiredState(fresh, new.catalog, new.settings))
 
     def repair(self) -> list[str]:
         """Periodic repair: restart a dead master, restore hand-edited generated files."""

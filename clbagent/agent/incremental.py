@@ -36,6 +36,7 @@ class IncrementalValidator:
         self.last_validated = 0
         self.catalog_version = 0  # moves whenever the shared objects may have changed
         self._keys: dict[str, tuple[Any, tuple[bool, set[str]]]] = {}
+        self.fresh: list[DocumentResult] = []  # the results the last call produced anew
 
     def validate(self, docs: list[tuple[str, Any]], full: bool = False) -> DesiredState:
         current = dict(docs)
@@ -51,6 +52,7 @@ class IncrementalValidator:
             self.last_validated = len(docs)
             self.catalog_version += 1
         elif not changed and not removed:
+            self.fresh = []
             return self._state
         else:
             keys = {s: self._keys_of(s, raw)[1] for s, raw in docs}
@@ -61,10 +63,16 @@ class IncrementalValidator:
             merged = [fresh[s] if s in fresh else previous[s][1] for s, _ in docs]
             state = DesiredState(merged, partial.catalog, self.settings)
             self.last_validated = len(subset)
+        self.fresh = [d for d in state.documents if previous.get(d.source, (None, None))[1] is not d]
         self._cache = {d.source: (current[d.source], d) for d in state.documents if d.source in current}
         self._keys = {s: v for s, v in self._keys.items() if s in current}
         self._state = state
         return state
+
+    @property
+    def state(self) -> DesiredState | None:
+        """The state the last call returned."""
+        return self._state
 
     def _keys_of(self, source: str, raw: Any) -> tuple[bool, set[str]]:
         """Whether a document defines shared objects, and its cross-document keys (once per object)."""

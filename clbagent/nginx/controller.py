@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,15 +93,22 @@ class NginxController:
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(signal.SIGQUIT)
         psutil.wait_procs(orphans, timeout=0.2)
-        proc = subprocess.run(
-            [self.binary, "-p", str(self.root), "-c", str(self.conf)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            start_new_session=True,
-        )
-        if proc.returncode != 0:
-            raise NginxError(f"nginx did not start: {_tail(proc.stderr)}")
+        # Output goes to a file, not a pipe: the daemonized master could hold a pipe open forever.
+        with tempfile.TemporaryFile(mode="w+") as out:
+            try:
+                code = subprocess.run(
+                    [self.binary, "-p", str(self.root), "-c", str(self.conf)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    timeout=timeout,
+                    start_new_session=True,
+                ).returncode
+            except subprocess.TimeoutExpired:
+                code = -1
+            out.seek(0)
+            if code != 0:
+                raise NginxError(f"nginx did not start: {_tail(out.read()) or 'no answer'}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             master = self.master()
@@ -227,5 +235,6 @@ def _is_child(pid: int, parent: int) -> bool:
         return False
 
 
-def _tail(text: str, lines: int = 5) -> str:
-    return " | ".join(text.strip().splitlines()[-lines:])
+def _tail(text: str, lines: int = 3) -> str:
+    """The last distinct lines of nginx's output (it repeats a failed bind five times)."""
+    return " | ".join(dict.fromkeys(text.strip().splitlines()[-lines * 3 :]))

@@ -193,3 +193,25 @@ def test_agent_killed_during_an_apply_converges_without_a_failed_request(host, b
     state = json.loads((host.config.state_dir / "state.json").read_text())
     assert host.nginx().generations.current() == state["generation"]
     assert len(host.nginx().generations.numbers()) <= host.config.keep_generations
+
+
+def test_sni_cannot_be_switched_off_once_served(host, backends):
+    from tests.l7.conftest import CA
+
+    b1 = backends("b1")
+    ca = CA("test-ca")
+    pem = ca.issue("www.example.com", ["www.example.com"])
+    doc = http_lb("lb-a", VIP_A, [b1.target()], port=8443)
+    listener = doc["Listeners"][0]
+    listener.update({"Protocol": "HTTPS", "SniSwitch": 1})
+    listener["Rules"][0]["Certificate"] = {"SSLMode": "UNIDIRECTIONAL", "CertId": "cert-www"}
+    doc["Certificates"] = [{"CertId": "cert-www", "CertType": "SVR", "CertContent": pem.cert, "CertKey": pem.key}]
+    host.write("a.yaml", doc)
+    assert host.cli("apply", "--config", str(host.config_path)).returncode == 0
+    listener["SniSwitch"] = 0
+    listener["Certificate"] = listener["Rules"][0].pop("Certificate")
+    host.write("a.yaml", doc)
+    result = host.cli("apply", "--config", str(host.config_path), "--json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    [issue] = json.loads(result.stdout)["quarantined"]["lb-a"]
+    assert issue["path"] == "lb-a/Listeners[0]/SniSwitch" and "cannot be switched off" in issue["message"]

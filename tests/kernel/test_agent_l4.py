@@ -70,6 +70,10 @@ def _document(base: Path, weights: tuple[int, int]) -> None:
     tmp.rename(base / "documents" / "lb.yaml")
 
 
+def _apply(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLBAGENT, "apply", "--config", str(config)], capture_output=True, text=True, timeout=180)
+
+
 def _stop_nginx(base: Path) -> None:
     pid = base / "state" / "nginx" / "run" / "nginx.pid"
     if pid.exists():
@@ -81,7 +85,7 @@ def test_apply_programs_vip_and_ipvs_and_a_killed_agent_flushes_nothing(topology
     base, config = _layout()
     try:
         _document(base, (10, 10))
-        first = subprocess.run([*CLBAGENT, "apply", "--config", str(config)], capture_output=True, text=True)
+        first = _apply(config)
         assert first.returncode == 0, first.stdout + first.stderr
         assert VIP in sh("ip -o addr show dev clb0")
         assert any(":90 " in r or ":90" in r for r in ipvsadm_rules((VIP,)))
@@ -94,11 +98,12 @@ def test_apply_programs_vip_and_ipvs_and_a_killed_agent_flushes_nothing(topology
             [sys.executable, "-m", "tests.agent.crash_apply", "switched", "apply", "--config", str(config)],
             capture_output=True,
             text=True,
+            timeout=180,
         )
         assert crashed.returncode == -signal.SIGKILL
         assert ipvsadm_rules((VIP,)), "IPVS was flushed"
         assert held.ask() == held.backend  # the established connection kept working
-        again = subprocess.run([*CLBAGENT, "apply", "--config", str(config)], capture_output=True, text=True)
+        again = _apply(config)
         assert again.returncode == 0, again.stdout + again.stderr
         assert held.ask() == held.backend
         assert set(spread(tcp_once, VIP, 90, 6)) == {"b1"}
