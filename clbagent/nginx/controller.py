@@ -88,6 +88,7 @@ class NginxController:
     def start(self, timeout: float = 30.0) -> psutil.Process:
         """Start a master on the current generation (nginx daemonizes itself). Orphaned workers of a
         killed master are asked to finish their requests and go first, so the new master can bind."""
+        (self.root / "run" / "ctl.sock").unlink(missing_ok=True)  # left by a killed master
         orphans = self.orphans()
         for proc in orphans:
             with contextlib.suppress(psutil.Error):
