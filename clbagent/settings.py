@@ -51,6 +51,9 @@ class Settings(BaseModel):
     vip_ranges: tuple[IPv4Network | IPv6Network, ...] = Field(
         (), description="VIPs must lie in one of these ranges (empty: any unicast address, loopback included)"
     )
+    target_ranges: tuple[IPv4Network | IPv6Network, ...] = Field(
+        (), description="targets must lie in one of these ranges (empty: any unicast address, loopback included)"
+    )
     max_document_bytes: int = Field(8 << 20, ge=1024, description="largest document file read")
     max_document_nodes: int = Field(1_000_000, ge=100, description="values in a document, YAML aliases expanded")
     max_document_depth: int = Field(32, ge=8, description="nesting of mappings and lists")

@@ -384,6 +384,8 @@ def _check_targets(
             )
             continue
         kinds.add(t.kind)
+        if settings.target_ranges and not any(addr in net for net in settings.target_ranges):
+            f.add(t.path, Code.INVALID_VALUE, f"target {addr} is outside the target ranges of this host")
         if t.endpoint in seen:
             f.add(t.at("Port"), Code.DUPLICATE, f"target {t.endpoint} is bound twice")
         seen.add(t.endpoint)

@@ -143,3 +143,16 @@ def test_weak_leaf_certificates_are_refused_at_the_normal_security_level(pki, tm
     assert any("cannot be served" in i.message for i in _errors(strict, "lb-w"))
     legacy = validate_documents([("w", lb("tls_cipher_policy_1_0"))])
     assert not any("cannot be served" in i.message for i in _errors(legacy, "lb-w"))
+
+
+def test_vip_and_target_ranges_are_operator_settings() -> None:
+    from clbagent.settings import Settings
+
+    settings = Settings(vip_ranges=("127.0.10.0/24",), target_ranges=("10.0.0.0/8",))
+    inside = _lb("lb-a", VIP_A)
+    inside["Listeners"][0]["Rules"][0]["Targets"] = [target("10.1.2.3", 80)]
+    outside = _lb("lb-b", "127.0.11.1")
+    state = validate_documents([("a", inside), ("b", outside)], settings)
+    assert _errors(state, "lb-a") == []
+    messages = {i.message for i in _errors(state, "lb-b")}
+    assert any("VIP ranges" in m for m in messages) and any("target ranges" in m for m in messages)
