@@ -207,6 +207,8 @@ def parse_text(text: str, source: str, settings: Settings = DEFAULT_SETTINGS) ->
             for data in built:
                 check_bounds(data, settings)
         found = built
+    if len(found) > settings.max_documents_per_file:
+        raise DocumentError(f"more than {settings.max_documents_per_file} documents in one file")
     if len(found) == 1:
         return [(source, found[0])]
     return [(f"{source}#{i + 1}", d) for i, d in enumerate(found)]

@@ -56,6 +56,7 @@ class Settings(BaseModel):
     )
     max_document_bytes: int = Field(8 << 20, ge=1024, description="largest document file read")
     max_document_nodes: int = Field(1_000_000, ge=100, description="values in a document, YAML aliases expanded")
+    max_documents_per_file: int = Field(10_000, ge=1, description="'---' separated documents in one file")
     max_document_depth: int = Field(32, ge=8, description="nesting of mappings and lists")
     max_list_length: int = Field(10_000, ge=100, description="items in one list")
     max_string_length: int = Field(262_144, ge=1024, description="characters in one string")

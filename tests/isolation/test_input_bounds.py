@@ -119,6 +119,7 @@ BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         ("tagged.yaml", "a: !!python/object:os.system x\n", "InvalidParameter.FormatError"),
         ("date.yaml", "a: 2024-01-01\n", "InvalidParameter.FormatError"),
         ("not-utf8.yaml", "a: \udcff\n", "ResourceNotFound"),
+        ("many-documents.yaml", "---\na: 1\n" * 10_001, "LimitExceeded"),
     ],
 )
 def test_documents_outside_the_bounds_are_refused_quickly(tmp_path: Path, name: str, text: str, code: str) -> None:
