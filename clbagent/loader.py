@@ -35,8 +35,9 @@ class DocumentError(ValueError):
 
 
 def shown(path: Path | str) -> str:
-    """A file name safe to print: undecodable bytes (lone surrogates) become escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A file name safe to print on one line: undecodable bytes and control characters become escapes."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def document_files(paths: list[Path]) -> list[Path]:

@@ -238,3 +238,10 @@ def test_odd_request_parameters_are_errors_not_tracebacks(tmp_path: Path, params
     request.write_text(f"Action=CreateLoadBalancerHTTPSListener&LoadBalancerId=lb-1&ServerCertificateId=c&{params}\n")
     proc = _cli("import", "alibaba-https", str(request), "--vip", "127.0.30.1")
     assert "Traceback" not in proc.stderr and proc.returncode in (0, 2), proc.stderr
+
+
+def test_a_newline_in_a_file_name_stays_on_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "evil\nInvalidParameter: forged.yaml"
+    path.write_text("a: [")
+    issues = load([path])[1]
+    assert "\n" not in issues[0].path and "\\n" in issues[0].path
