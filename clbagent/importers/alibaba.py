@@ -84,7 +84,7 @@ class _Params:
         if value is None:
             return default
         if value.lower() not in ("on", "off"):
-            self.err(name, Code.INVALID_VALUE, f"{name} must be 'on' or 'off', not {value!r}")
+            self.err(name, Code.INVALID_VALUE, f"{name} must be 'on' or 'off', not {value!r:.40}")
             return default
         return value.lower() == "on"
 
@@ -300,7 +300,9 @@ def _rule(a: _Params, ctx: Context, lb_id: str) -> dict[str, Any]:
     }
     scheduler = (a.text("Scheduler") or "wrr").lower()
     if scheduler not in SCHEDULERS:
-        a.err("Scheduler", Code.INVALID_VALUE, f"scheduler {scheduler!r} has no equivalent here (wrr, rr, wlc, sch)")
+        a.err(
+            "Scheduler", Code.INVALID_VALUE, f"scheduler {scheduler!r:.40} has no equivalent here (wrr, rr, wlc, sch)"
+        )
     else:
         rule["Scheduler"] = SCHEDULERS[scheduler]
     if a.on("StickySession"):
@@ -330,7 +332,7 @@ def _sanitize_id(a: _Params, name: str) -> str:
         a.err(
             name,
             Code.FORMAT_ERROR,
-            f"ID {raw!r} imported as {clean!r} (only letters, digits, '_.-' are kept)",
+            f"ID {raw!r:.80} imported as {clean!r:.80} (only letters, digits, '_.-' are kept)",
             "warning",
         )
     return clean

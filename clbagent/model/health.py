@@ -28,7 +28,7 @@ def _http_code(value: Any) -> Any:
         for name in names:
             key = name.strip().lower()
             if key not in HTTP_CODE_BITS:
-                raise fail(Code.INVALID_VALUE, f"unknown status class {name!r}; use http_1xx ... http_5xx")
+                raise fail(Code.INVALID_VALUE, f"unknown status class {name!r:.40}; use http_1xx ... http_5xx")
             bits |= HTTP_CODE_BITS[key]
         return bits
     return value

@@ -119,7 +119,7 @@ def _check_shared(doc: DocumentResult, catalog: Catalog, settings: Settings, now
             )
         for i, cipher in enumerate(policy.ciphers):
             if cipher not in CIPHER_TOKENS and cipher not in TLS13_SUITES:
-                f.add(f"{policy.at('Ciphers')}[{i}]", Code.INVALID_VALUE, f"cipher {cipher!r} is not allowed")
+                f.add(f"{policy.at('Ciphers')}[{i}]", Code.INVALID_VALUE, f"cipher {cipher!r:.60} is not allowed")
     for acl in doc.model.acls:
         seen: set[str] = set()
         for entry in acl.acl_entries:
