@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from clbagent.nginx.process import Nginx, check_config  # noqa: E402
 from clbagent.nginx.upstreams_channel import (  # noqa: E402
-    DATA_FILE,
+    DATA_DIR,
     Member,
     Upstream,
     UpstreamsChannel,
@@ -140,7 +140,7 @@ class Bench:
     def _conf(self, which: list[int]) -> str:
         servers = " ".join(f"server {e} weight=10;" for e in self.endpoints(which))
         body = FRONT_BODY.format(
-            http=http_directives(self.front, "32m"),
+            http=http_directives(self.front / DATA_DIR, "32m"),
             front=FRONT,
             port=self.port,
             upstreams="".join(STATIC.format(i=i, servers=servers) + upstream_block(f"d{i}") for i in range(self.size)),
@@ -151,7 +151,8 @@ class Bench:
 
     def _write(self, which: list[int]) -> None:
         data = render_data_file({f"d{i}": self.upstream(which) for i in range(self.size)})
-        (self.front / DATA_FILE).write_text(data)
+        (self.front / DATA_DIR).mkdir(exist_ok=True)
+        (self.front / DATA_DIR / "bench.json").write_text(data)
         (self.front / "nginx.conf").write_text(self._conf(which))
 
     def _start_front(self, which: list[int]) -> Nginx:

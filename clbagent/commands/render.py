@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, compile_state, print_issues, read_state
+from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, print_issues, read_state
 
 REDACTED = "(private key: never printed)"
 
@@ -30,6 +30,13 @@ def add_parser(sub: Any) -> None:
         help="write a complete nginx prefix (nginx.conf, one include per load balancer, certificates) into DIR",
     )
     p.add_argument(
+        "--upstreams",
+        choices=("dynamic", "static"),
+        help="dynamic: members of each upstream as data for nginx's Lua balancer (target changes need "
+        "no reload); static: members in the configuration. Default: dynamic when nginx's Lua module "
+        "is installed, static otherwise",
+    )
+    p.add_argument(
         "--format",
         choices=("text", "nginx", "ipvsadm", "json"),
         default="text",
@@ -39,11 +46,25 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+def upstreams_mode(asked: str | None) -> tuple[str, str]:
+    """The mode to render and why (for the output)."""
+    from clbagent.l7.compile import LUA_MODULE
+
+    if asked:
+        return asked, "--upstreams"
+    if LUA_MODULE.exists():
+        return "dynamic", f"default: {LUA_MODULE} is installed"
+    return "static", f"default: {LUA_MODULE} is not installed"
+
+
 def run(args: Any) -> int:
-    from clbagent.l7 import PrefixError, write_prefix
+    from clbagent.l4 import plan_ipvs
+    from clbagent.l7 import DEFAULT_PREFIX, PrefixError, compile_nginx, write_prefix
 
     state, load_issues = read_state(args)
-    nginx, ipvs = compile_state(state, None if args.out is None else str(args.out.resolve()))
+    mode, why = upstreams_mode(args.upstreams)
+    prefix = DEFAULT_PREFIX if args.out is None else str(args.out.resolve())
+    nginx, ipvs = compile_nginx(state, prefix=prefix, dynamic=mode == "dynamic"), plan_ipvs(state)
     issues = load_issues + state.issues + nginx.warnings + ipvs.warnings
     if args.out is not None:
         try:
@@ -54,13 +75,15 @@ def run(args: Any) -> int:
     if args.format == "json":
         files = {path: REDACTED if path.endswith(".key") else text for path, text in nginx.files.items()}
         errors = [i.to_dict() for i in issues]
-        json.dump({"nginx": files, "ipvs": ipvs.to_dict(), "issues": errors}, sys.stdout, indent=2)
+        out = {"upstreams": mode, "nginx": files, "ipvs": ipvs.to_dict(), "issues": errors}
+        json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        print(f"clbagent render: {mode} upstreams ({why})", file=sys.stderr)
         print_issues(issues, False)
         if args.format in ("text", "nginx") and args.out is None:
             for path, text in sorted(nginx.files.items()):
-                if path.startswith("conf.d/") or path == "nginx.conf":
+                if not path.startswith(("certs/", "ca/")):
                     sys.stdout.write(f"# ==> {path} <==\n{text}\n")
         table = ipvs.to_ipvsadm()
         if args.format == "text" and table:

@@ -4,14 +4,19 @@ Layout of the result (paths relative to the nginx prefix):
 ``nginx.conf`` (global settings, includes ``conf.d/*.conf``), ``conf.d/<LoadBalancerId>.conf`` (the
 maps, upstreams and servers of one load balancer, so that a change to one rewrites one file),
 ``certs/<CertId>.crt|.key`` and ``ca/<CertId>.crt`` (written once per certificate, shared).
+In dynamic mode (docs/dynamic-upstreams.md) each load balancer also has ``upstreams/<LoadBalancerId>.json``,
+the members of its upstreams: a target, weight or health change rewrites that file only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from clbagent.errors import Code, Issue
 from clbagent.model import LoadBalancer
+from clbagent.nginx import upstreams_channel as channel
 from clbagent.validate import DesiredState
 from clbagent.validate.catalog import Catalog
 
@@ -27,6 +32,7 @@ from .upstreams import ANSWERED, place_in_zone
 
 DEFAULT_PREFIX = "/var/lib/clbagent/nginx"
 HEADERS_MORE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
+LUA_MODULE = channel.NGINX_MODULES / "ngx_http_lua_module.so"  # dynamic mode needs it
 # T2975: the types CLB compresses (text/html is compressed by nginx whenever gzip is on).
 GZIP_TYPES = [
     "application/atom+xml",
@@ -85,12 +91,46 @@ class NginxConfig:
     warnings: list[Issue] = field(default_factory=list)
 
 
-def main_conf(prefix: str, worker_shutdown_timeout: str = "60s") -> str:
+@dataclass(frozen=True)
+class LuaText:
+    """What dynamic mode adds to nginx.conf: module loading, http-level Lua, the control channel."""
+
+    main: str
+    http: str
+    channel: str
+
+
+def lua_text(prefix: str, conf_dir: str, upstreams: Mapping[str, channel.Upstream]) -> LuaText:
+    """The shared dict is sized from ``upstreams`` in power-of-two steps: a new size empties it at
+    the next reload (the agent then re-sends), so it should rarely change."""
+    size = channel.shared_dict_size(upstreams)
+    return LuaText(
+        channel.main_directives(),
+        channel.http_directives(Path(conf_dir) / channel.DATA_DIR, size),
+        channel.channel_server(Path(prefix)),
+    )
+
+
+def main_conf(
+    prefix: str,
+    worker_shutdown_timeout: str = "60s",
+    *,
+    dynamic: bool = False,
+    upstreams: Mapping[str, channel.Upstream] | None = None,
+    conf_dir: str | None = None,
+) -> str:
     """``nginx.conf``: global settings and the include of every load balancer's file.
-    ``worker_shutdown_timeout`` bounds how long old workers drain after a reload."""
+    ``worker_shutdown_timeout`` bounds how long old workers drain after a reload. ``dynamic``:
+    load the Lua balancer, the data files of ``<conf_dir>/upstreams`` (``conf_dir``: the directory
+    nginx.conf is served from, default ``prefix``; the agent's is ``<root>/current``) and serve the
+    control channel on ``<prefix>/run/ctl.sock``; ``upstreams`` (all of them, see
+    ``upstreams_of``) sizes the shared memory."""
+    prefix = prefix.rstrip("/") or "/"
+    lua = lua_text(prefix, conf_dir or prefix, upstreams or {}) if dynamic else None
     return render(
         "nginx.conf.j2",
-        prefix=prefix.rstrip("/") or "/",
+        prefix=prefix,
+        lua=lua,
         worker_shutdown_timeout=worker_shutdown_timeout,
         headers_more=HEADERS_MORE,
         proxy_headers=DEFAULT_PROXY_HEADERS,
@@ -103,13 +143,20 @@ def main_conf(prefix: str, worker_shutdown_timeout: str = "60s") -> str:
 
 
 def compile_lb(
-    lb: LoadBalancer, catalog: Catalog, down: frozenset[str], secret: bytes, *, legacy_tls: bool = False
+    lb: LoadBalancer,
+    catalog: Catalog,
+    down: frozenset[str],
+    secret: bytes,
+    *,
+    legacy_tls: bool = False,
+    dynamic: bool = False,
 ) -> tuple[str, dict[str, str], list[Issue]]:
-    """The include file of one load balancer, the certificate files it uses, its warnings.
+    """The include file of one load balancer, the other files it needs (certificates; its data
+    file in dynamic mode), its warnings.
 
     Raises ``UnsafeTextError`` or ``TlsRefusedError`` when the load balancer cannot be served."""
     pers = personalized_for(lb, catalog)
-    ctx = LbContext(lb, catalog, pers, down, secret, manual_redirects(lb), legacy_tls)
+    ctx = LbContext(lb, catalog, pers, down, secret, manual_redirects(lb), legacy_tls, dynamic)
     auto = auto_redirects(lb)
     servers = []
     http80 = next((lis for lis in lb.listeners if lis.protocol == "HTTP" and lis.port == 80), None)
@@ -120,24 +167,38 @@ def compile_lb(
     if auto and http80 is None:
         servers.extend(auto_listener_servers(ctx, auto))
     upstreams = [u for p in ctx.pools for u in p.upstreams]
+    balancers = []
+    if dynamic:
+        balancers = [channel.upstream_block(u.name, u.keepalive) for u in upstreams]
+        data = {p.target: p.dynamic for p in ctx.pools if p.dynamic is not None}
+        ctx.files[names.data_file(lb.id)] = channel.render_data_file(data)
+        upstreams = []
     place_in_zone(upstreams, names.zone_name(lb.id))
     text = render(
         "loadbalancer.conf.j2",
         lb_id=lb.id,
         maps=[m for p in ctx.pools for m in p.maps] + ctx.geos,
         upstreams=upstreams,
+        balancers=balancers,
         servers=servers,
     )
     return text, ctx.files, ctx.warnings
 
 
 def compile_unit(
-    lb: LoadBalancer, catalog: Catalog, down: frozenset[str], secret: bytes, *, legacy_tls: bool = False
+    lb: LoadBalancer,
+    catalog: Catalog,
+    down: frozenset[str],
+    secret: bytes,
+    *,
+    legacy_tls: bool = False,
+    dynamic: bool = False,
 ) -> tuple[dict[str, str], list[Issue]]:
-    """What one load balancer adds to the prefix: its include file and the certificates it uses,
-    with its warnings. One that cannot be served adds no file, and its issues say why (errors)."""
+    """What one load balancer adds to the prefix: its include file and the certificates it uses
+    (and, ``dynamic``, its data file ``upstreams/<LoadBalancerId>.json``), with its warnings. One
+    that cannot be served adds no file, and its issues say why (errors)."""
     try:
-        text, files, warnings = compile_lb(lb, catalog, down, secret, legacy_tls=legacy_tls)
+        text, files, warnings = compile_lb(lb, catalog, down, secret, legacy_tls=legacy_tls, dynamic=dynamic)
     except UnsafeTextError as exc:
         return {}, [Issue(lb.id, Code.FORMAT_ERROR, f"not rendered, unsafe text: {exc}")]
     except TlsRefusedError as exc:
@@ -146,22 +207,30 @@ def compile_unit(
 
 
 def compile_nginx(
-    state: DesiredState, down: frozenset[str] = frozenset(), *, prefix: str = DEFAULT_PREFIX, secret: bytes = b""
+    state: DesiredState,
+    down: frozenset[str] = frozenset(),
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    secret: bytes = b"",
+    dynamic: bool = False,
 ) -> NginxConfig:
     """Compile every valid load balancer with HTTP/HTTPS listeners.
 
     ``down``: health-hook keys ``<LoadBalancerId>/<ListenerId>/<LocationId>/<ip:port>`` of targets
     to render ``down`` (all-dead-all-alive applies per rule). ``prefix``: the directory the file set
     is installed in (only ``nginx.conf`` names it). ``secret``: key of the sticky-cookie server ids.
+    ``dynamic``: upstream members as data for the Lua balancer (docs/dynamic-upstreams.md).
     """
-    files = {"nginx.conf": main_conf(prefix)}
+    files: dict[str, str] = {}
     warnings: list[Issue] = []
     for _lb_id, lb in sorted(state.load_balancers().items()):
         if all(lis.is_l4 for lis in lb.listeners):
             continue
         lb_files, lb_issues = compile_unit(
-            lb, state.catalog, down, secret, legacy_tls=state.settings.legacy_tls_default
+            lb, state.catalog, down, secret, legacy_tls=state.settings.legacy_tls_default, dynamic=dynamic
         )
         files.update(lb_files)
         warnings.extend(lb_issues)
+    upstreams = channel.upstreams_of(files) if dynamic else None
+    files["nginx.conf"] = main_conf(prefix, dynamic=dynamic, upstreams=upstreams)
     return NginxConfig(dict(sorted(files.items())), warnings)

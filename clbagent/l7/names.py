@@ -20,6 +20,8 @@ import hashlib
 import hmac
 import re
 
+from clbagent.nginx.upstreams_channel import DATA_DIR
+
 _FOLD = re.compile(r"[^A-Za-z0-9]+")
 PCRE2_MAX_NAME = 32  # longest named capture (= nginx variable a regex can set)
 
@@ -78,6 +80,11 @@ def server_id(secret: bytes, key: str, endpoint: str) -> str:
 
 def lb_file(lb: str) -> str:
     return f"conf.d/{lb}.conf"
+
+
+def data_file(lb: str) -> str:
+    """The members of a load balancer's dynamic upstreams (docs/dynamic-upstreams.md)."""
+    return f"{DATA_DIR}/{lb}.json"
 
 
 def cert_files(cert_id: str) -> tuple[str, str]:

@@ -2,10 +2,11 @@
 
 Only files whose content changed are rewritten (atomically: temporary file + rename), so a change
 to one load balancer touches one file. Files of load balancers or certificates that are gone are
-removed. Certificates and keys are 0600 in 0700 directories. The directories the agent manages
-must be real directories: a symlinked ``certs/`` would send private keys wherever it points, so
-it is refused (``PrefixError``) and nothing is written through it; a symlink found in place of a
-file is replaced, never followed.
+removed. Certificates and keys are 0600 in 0700 directories. ``run/`` is 0700: nginx creates the
+control channel's socket there with mode 0666, so the directory keeps it root-only. The
+directories the agent manages must be real directories: a symlinked ``certs/`` would send private
+keys wherever it points, so it is refused (``PrefixError``) and nothing is written through it; a
+symlink found in place of a file is replaced, never followed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 
 from .compile import NginxConfig
 
-RUNTIME_DIRS = ("logs", "run", "tmp")
-MANAGED_DIRS = {"conf.d": 0o755, "certs": 0o700, "ca": 0o700}
+RUNTIME_DIRS = {"logs": None, "run": 0o700, "tmp": None}  # None: created 0755, mode left alone
+MANAGED_DIRS = {"conf.d": 0o755, "upstreams": 0o755, "certs": 0o700, "ca": 0o700}
+READABLE = ("nginx.conf", "conf.d/", "upstreams/")  # 0644; everything else (keys) 0600
 
 
 class PrefixError(Exception):
@@ -71,13 +73,11 @@ def write_prefix(cfg: NginxConfig, out: Path) -> list[str]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PrefixError(f"cannot create {out}: {exc.strerror}") from None
-    for name in RUNTIME_DIRS:
-        _directory(out / name)
-    for name, mode in MANAGED_DIRS.items():
+    for name, mode in (RUNTIME_DIRS | MANAGED_DIRS).items():
         _directory(out / name, mode)
     changed = []
     for rel, text in cfg.files.items():
-        mode = 0o644 if rel == "nginx.conf" or rel.startswith("conf.d/") else 0o600
+        mode = 0o644 if rel.startswith(READABLE) else 0o600
         if _write(out / rel, text, mode):
             changed.append(rel)
     for name in MANAGED_DIRS:

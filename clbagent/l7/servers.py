@@ -40,6 +40,7 @@ class LbContext:
     secret: bytes
     manual: dict[str, tuple[str, str]]
     legacy_tls: bool = False  # the legacy_tls_default setting
+    dynamic: bool = False  # upstream members as data for the Lua balancer (docs/dynamic-upstreams.md)
     pools: list[Pool] = field(default_factory=list)
     geos: list[MapBlock] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
@@ -101,7 +102,7 @@ def _location(ctx: LbContext, lis: Listener, rule: Rule, url: Url) -> Location:
         loc.returns = redirect
         loc.add_headers = headers.response_headers(pers, None)
         return loc
-    pool = build_pool(ctx.lb.id, lis, rule, ctx.down, ctx.secret, lis.keepalive_enable != 0)
+    pool = build_pool(ctx.lb.id, lis, rule, ctx.down, ctx.secret, lis.keepalive_enable != 0, ctx.dynamic)
     if pool is None:
         loc.returns = (NO_TARGETS,)
         loc.add_headers = headers.response_headers(pers, None)

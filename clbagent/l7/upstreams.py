@@ -13,7 +13,11 @@ that really answered, so it follows a failover (an exact-match map: no regex per
 The cookie value is an opaque server id. A bounded number of backups keeps a rule with n targets
 at about (BACKUPS + 2) * n server lines instead of n * n.
 
-Every upstream of a load balancer lives in one shared-memory zone, sized from what it really holds
+In dynamic mode (docs/dynamic-upstreams.md) a rule has one upstream with no member address: its
+members, weights, down flags and cookie go to nginx as data (``Pool.dynamic``), which the Lua
+balancer reads at run time; a target change then changes the data only, never the configuration.
+
+Every (static) upstream of a load balancer lives in one shared-memory zone, sized from what it really holds
 (measured against nginx 1.22's slab allocator: under 1 KiB per server line, a few hundred bytes per
 upstream, 32 KiB minimum).
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clbagent.model import Listener, Rule
+from clbagent.nginx import upstreams_channel as channel
 
 from . import names
 
@@ -34,6 +39,7 @@ KEEPALIVE_PINNED = 4  # a pinned pool serves one target; idle connections cost w
 BACKUPS = 2
 ZONE_BASE_KIB, ZONE_PER_SERVER, ZONE_PER_UPSTREAM = 64, 1024, 512
 METHODS = {"WRR": None, "LEAST_CONN": "least_conn", "IP_HASH": "ip_hash"}
+LUA_METHODS = {"WRR": "wrr", "LEAST_CONN": "least_conn", "IP_HASH": "ip_hash"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class Pool:
     upstreams: list[Upstream]
     maps: list[MapBlock] = field(default_factory=list)
     set_cookie: str | None = None  # variable holding the Set-Cookie value
+    dynamic: channel.Upstream | None = None  # dynamic mode: the members nginx gets as data
 
 
 def dead_endpoints(key: str, weighted: list[tuple[str, int]], down: frozenset[str]) -> set[str]:
@@ -86,7 +93,7 @@ def dead_endpoints(key: str, weighted: list[tuple[str, int]], down: frozenset[st
 
 
 def build_pool(
-    lb_id: str, lis: Listener, rule: Rule, down: frozenset[str], secret: bytes, keepalive: bool
+    lb_id: str, lis: Listener, rule: Rule, down: frozenset[str], secret: bytes, keepalive: bool, dynamic: bool = False
 ) -> Pool | None:
     """The upstreams (and maps) of one rule, or None when it has no targets."""
     if not rule.targets:
@@ -96,12 +103,29 @@ def build_pool(
     weighted = [(t.endpoint, t.weight) for t in rule.targets]
     dead = dead_endpoints(key, weighted, down)
     base = names.upstream_name(identity, rule.id)
+    conns = KEEPALIVE if keepalive else 0
+    if dynamic:
+        return Pool(base, [Upstream(base, None, [], conns)], dynamic=_data(identity, key, rule, weighted, dead, secret))
     members = [Member(e, w, w == 0 or e in dead) for e, w in weighted]
-    pool = Pool(base, [Upstream(base, METHODS[rule.scheduler], members, KEEPALIVE if keepalive else 0)])
+    pool = Pool(base, [Upstream(base, METHODS[rule.scheduler], members, conns)])
     if rule.session_expire_time:
         alive = [m for m in members if not m.down]
         _add_sticky(pool, identity, key, rule, alive, secret, KEEPALIVE_PINNED if keepalive else 0)
     return pool
+
+
+def _data(
+    identity: tuple[str, ...], key: str, rule: Rule, weighted: list[tuple[str, int]], dead: set[str], secret: bytes
+) -> channel.Upstream:
+    """A rule's upstream as the Lua balancer takes it. Weight 0 stays weight 0 (no traffic); the
+    cookie values are the server ids of the static rendering, so cookies survive a mode change."""
+    sticky = None
+    if rule.session_expire_time:
+        sticky = channel.Sticky(names.cookie_name(*identity[:3]), rule.session_expire_time)
+    members = tuple(
+        channel.Member(e, w, e in dead, names.server_id(secret, key, e) if sticky else None) for e, w in weighted
+    )
+    return channel.Upstream(members, LUA_METHODS[rule.scheduler], sticky)
 
 
 def _add_sticky(

@@ -2,8 +2,9 @@
 
 Members, weights and down flags of each rule's upstream live in nginx's shared memory; the agent
 changes them per upstream over the control channel, a root-only unix socket of the prefix
-(``run/ctl.sock``), with no reload. The same JSON shape is the prefix's data file
-(``upstreams.json``) that nginx loads at start, so a rendered prefix serves without the agent.
+(``run/ctl.sock``), with no reload. The same JSON shape is the prefix's data files
+(``upstreams/<LoadBalancerId>.json``) that nginx loads at start, so a rendered prefix serves
+without the agent.
 The nginx text the Lua side needs (module, dicts, phases, upstream blocks, the channel's server)
 is here too, so that the renderer, the tests and the benchmark write it one way.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 
 SOCKET = "run/ctl.sock"  # relative to the prefix
-DATA_FILE = "upstreams.json"  # relative to the prefix
+DATA_DIR = "upstreams"  # relative to the directory of nginx.conf: one <LoadBalancerId>.json each
 BATCH_BYTES = 256 * 1024  # one PUT stays well under the channel's client_max_body_size
 LUA_DIR = Path(__file__).resolve().parents[2] / "lua"  # the Lua code shipped in the repository
 NGINX_MODULES = Path("/usr/lib/nginx/modules")  # Debian's
@@ -72,12 +73,23 @@ def _member_json(m: Member) -> dict[str, Any]:
 
 
 def render_data_file(upstreams: Mapping[str, Upstream]) -> str:
-    """``upstreams.json`` of a prefix: byte-deterministic, compact, one upstream per line (sorted)."""
+    """One data file (``upstreams/<LoadBalancerId>.json``): byte-deterministic, compact, one
+    upstream per line (sorted)."""
     lines = [
         f"{json.dumps(name)}:{json.dumps(upstreams[name].to_json(), sort_keys=True, separators=(',', ':'))}"
         for name in sorted(upstreams)
     ]
     return '{"upstreams":{\n' + ",\n".join(lines) + "\n}}\n"
+
+
+def upstreams_of(files: Mapping[str, str]) -> dict[str, Upstream]:
+    """Every upstream of the data files of a composed file set (what nginx should hold)."""
+    out: dict[str, Upstream] = {}
+    for path in sorted(files):
+        if path.startswith(f"{DATA_DIR}/") and path.endswith(".json"):
+            for name, data in json.loads(files[path])["upstreams"].items():
+                out[name] = Upstream.from_json(data)
+    return out
 
 
 def _plain(path: Path) -> str:
@@ -92,32 +104,33 @@ def main_directives(modules: Path = NGINX_MODULES) -> str:
     return f"load_module {m}/ndk_http_module.so;\nload_module {m}/ngx_http_lua_module.so;\n"
 
 
-def http_directives(prefix: Path, dict_size: str, lua_dir: Path = LUA_DIR) -> str:
-    """http-context lines: where the Lua code is, the two shared dicts, loading the data file at
-    start and reload, and the phases that set the cookie and give connections back."""
-    p, lua = _plain(prefix), _plain(lua_dir)
+def http_directives(data_dir: Path, dict_size: str, lua_dir: Path = LUA_DIR) -> str:
+    """http-context lines: where the Lua code is, the two shared dicts, loading every data file
+    of ``data_dir`` at start and reload, and the phases that set the cookie and give connections back."""
+    data, lua = _plain(data_dir), _plain(lua_dir)
     if not re.fullmatch(r"[1-9][0-9]{0,5}[km]", dict_size):
         raise ValueError(f"shared dict size {dict_size!r}: a number with k or m")
     return (
         f'    lua_package_path "{lua}/?.lua;;";\n'
         f"    lua_shared_dict clb_upstreams {dict_size};\n"
         "    lua_shared_dict clb_conns 4m;\n"
-        f'    init_by_lua_block {{ require("clb.init").load("{p}/{DATA_FILE}") }}\n'
+        f'    init_by_lua_block {{ require("clb.init").load_dir("{data}") }}\n'
         '    header_filter_by_lua_block { require("clb.balancer").header_filter() }\n'
         '    log_by_lua_block { require("clb.balancer").log() }\n'
     )
 
 
 def upstream_block(name: str, keepalive: int = 32) -> str:
-    """The ``upstream`` block of one dynamic upstream (keepalive after the balancer, as it must be)."""
+    """The ``upstream`` block of one dynamic upstream (keepalive after the balancer, as it must be):
+    no member address, so that member changes never change it."""
     if not NAME.fullmatch(name):
         raise ValueError(f"upstream name {name!r}: 1-128 of [A-Za-z0-9_.-]")
-    pool = f"        keepalive {int(keepalive)};\n" if keepalive else ""
+    pool = f"    keepalive {int(keepalive)};\n" if keepalive else ""
     return (
-        f"    upstream {name} {{\n"
-        "        server 0.0.0.1:1;  # placeholder: the balancer picks every peer\n"
-        f'        balancer_by_lua_block {{ require("clb.balancer").balance("{name}") }}\n'
-        f"{pool}    }}\n"
+        f"upstream {name} {{\n"
+        "    server 0.0.0.1:1;  # placeholder: the balancer picks every peer\n"
+        f'    balancer_by_lua_block {{ require("clb.balancer").balance("{name}") }}\n'
+        f"{pool}}}\n"
     )
 
 

@@ -31,11 +31,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from clbagent.l7 import compile_nginx, write_prefix
+from clbagent.l7.compile import LUA_MODULE
 from clbagent.nginx.process import Nginx, check_config
 from clbagent.settings import Settings
 from clbagent.validate import validate_documents
 
 NGINX_AVAILABLE = shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
+LUA_AVAILABLE = NGINX_AVAILABLE and LUA_MODULE.exists()
+MODES = ("static", "dynamic")  # how upstreams get their members (docs/dynamic-upstreams.md)
 
 
 # --------------------------------------------------------------------------- documents
@@ -59,11 +62,15 @@ def load_balancer(lb_id: str, vip: str, listeners: list[dict], **extra: Any) -> 
 
 
 def compile_docs(
-    docs: list[dict], down: frozenset[str] = frozenset(), prefix: str = "/tmp/clb", settings: Settings | None = None
+    docs: list[dict],
+    down: frozenset[str] = frozenset(),
+    prefix: str = "/tmp/clb",
+    settings: Settings | None = None,
+    dynamic: bool = False,
 ):
     state = validate_documents([(f"doc{i}", d) for i, d in enumerate(docs)], settings or Settings())
     errors = [i for i in state.issues if i.severity == "error"]
-    cfg = compile_nginx(state, down, prefix=prefix)
+    cfg = compile_nginx(state, down, prefix=prefix, dynamic=dynamic)
     errors += [i for i in cfg.warnings if i.severity == "error"]
     assert not errors, "\n".join(str(e) for e in errors)
     return cfg
@@ -302,6 +309,7 @@ class Served:
     nginx: Nginx
     config: Any
     docs: list[dict] = field(default_factory=list)
+    mode: str = "static"
 
     def access_log(self) -> list[dict[str, Any]]:
         path = self.prefix / "logs" / "access.log"
@@ -309,21 +317,25 @@ class Served:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., Served]]:
+@pytest.fixture(params=MODES)
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
     """``serve(docs, down=...)``: compile, write the prefix, ``nginx -t``, start (or reload) nginx.
+    Every test using it runs twice: static upstreams, and dynamic ones (the Lua balancer).
 
     The prefix is outside pytest's 0700 tmp tree: nginx workers run as an unprivileged user and
     must reach the temp directories for request bodies."""
     if not NGINX_AVAILABLE:
         pytest.skip("nginx is not installed")
+    mode = request.param
+    if mode == "dynamic" and not LUA_AVAILABLE:
+        pytest.skip("nginx's Lua module is not installed")
     base = Path(tempfile.mkdtemp(prefix="clb-l7-"))
     base.chmod(0o755)
     prefix = base / "nginx"
     running: list[Nginx] = []
 
     def start(docs: list[dict], down: frozenset[str] = frozenset(), settings: Settings | None = None) -> Served:
-        cfg = compile_docs(docs, down, prefix=str(prefix), settings=settings)
+        cfg = compile_docs(docs, down, prefix=str(prefix), settings=settings, dynamic=mode == "dynamic")
         write_prefix(cfg, prefix)
         result = check_config(prefix)
         assert result.ok, result.output
@@ -333,7 +345,7 @@ def serve() -> Iterator[Callable[..., Served]]:
             n = Nginx(prefix)
             n.start()
             running.append(n)
-        return Served(prefix, running[0], cfg, docs)
+        return Served(prefix, running[0], cfg, docs, mode)
 
     yield start
     for n in running:

@@ -1,5 +1,5 @@
 """Fixtures of the dynamic-upstream tests: the real nginx with the Lua module, a hand-written
-nginx.conf and upstreams.json in a temp prefix, real backends on loopback (tests/l7/conftest.py)."""
+nginx.conf and a data file (upstreams/test.json) in a temp prefix, real backends on loopback (tests/l7/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from clbagent.nginx.process import Nginx, check_config
 from clbagent.nginx.upstreams_channel import (
-    DATA_FILE,
+    DATA_DIR,
     NGINX_MODULES,
     Upstream,
     UpstreamsChannel,
@@ -75,15 +75,16 @@ class LuaNginx:
         return UpstreamsChannel.of_prefix(self.prefix)
 
     def write(self, upstreams: Mapping[str, Upstream], shm: str = "4m") -> None:
-        """Rewrite nginx.conf and upstreams.json (the same ports); reload with ``reload()``."""
-        (self.prefix / DATA_FILE).write_text(render_data_file(upstreams))
+        """Rewrite nginx.conf and the data file (the same ports); reload with ``reload()``."""
+        (self.prefix / DATA_DIR).mkdir(exist_ok=True)
+        (self.prefix / DATA_DIR / "test.json").write_text(render_data_file(upstreams))
         blocks = "".join(
             upstream_block(n, keepalive=16) + SERVER.format(name=n, vip=VIP, port=p)
             for n, p in sorted(self.ports.items())
         )
         conf = CONF.format(
             main=main_directives(),
-            http=http_directives(self.prefix, shm),
+            http=http_directives(self.prefix / DATA_DIR, shm),
             upstreams=blocks,
             extra=self.extra,
             channel=channel_server(self.prefix),
