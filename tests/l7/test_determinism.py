@@ -31,27 +31,31 @@ def fleet(n: int) -> list[dict]:
     return docs
 
 
-def test_compile_twice_is_byte_identical():
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_twice_is_byte_identical(dynamic):
     docs = fleet(20)
-    assert compile_docs(docs).files == compile_docs(copy.deepcopy(docs)).files
+    assert compile_docs(docs, dynamic=dynamic).files == compile_docs(copy.deepcopy(docs), dynamic=dynamic).files
 
 
-def test_one_target_change_rewrites_one_file(tmp_path):
+@pytest.mark.parametrize(("dynamic", "rewritten"), [(False, "conf.d/lb-0042.conf"), (True, "upstreams/lb-0042.json")])
+def test_one_target_change_rewrites_one_file(tmp_path, dynamic, rewritten):
     docs = fleet(100)
-    before = compile_docs(docs, prefix=str(tmp_path))
+    before = compile_docs(docs, prefix=str(tmp_path), dynamic=dynamic)
     write_prefix(before, tmp_path)
     docs[42]["Listeners"][0]["Rules"][1]["Targets"][0]["Weight"] = 55
-    after = compile_docs(docs, prefix=str(tmp_path))
+    after = compile_docs(docs, prefix=str(tmp_path), dynamic=dynamic)
     changed = sorted(k for k in after.files if after.files[k] != before.files.get(k))
-    assert changed == ["conf.d/lb-0042.conf"]
-    assert write_prefix(after, tmp_path) == ["conf.d/lb-0042.conf"]
+    assert changed == [rewritten]
+    assert write_prefix(after, tmp_path) == [rewritten]
     assert write_prefix(after, tmp_path) == []  # nothing left to do
 
 
-def test_removed_load_balancer_file_is_deleted(tmp_path):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_removed_load_balancer_file_is_deleted(tmp_path, dynamic):
     docs = fleet(3)
-    write_prefix(compile_docs(docs, prefix=str(tmp_path)), tmp_path)
-    assert write_prefix(compile_docs(docs[:2], prefix=str(tmp_path)), tmp_path) == ["conf.d/lb-0002.conf"]
+    write_prefix(compile_docs(docs, prefix=str(tmp_path), dynamic=dynamic), tmp_path)
+    removed = write_prefix(compile_docs(docs[:2], prefix=str(tmp_path), dynamic=dynamic), tmp_path)
+    assert removed == ["conf.d/lb-0002.conf", *(["upstreams/lb-0002.json"] if dynamic else [])]
     assert not (tmp_path / "conf.d" / "lb-0002.conf").exists()
 
 

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from clbagent.l7 import NginxConfig, compile_nginx, down_key, write_prefix
+from clbagent.l7.compile import main_conf
 from clbagent.nginx.process import Nginx
 from clbagent.nginx.upstreams_channel import UpstreamsChannel, upstreams_of
 from clbagent.validate import validate_documents
 from tests.l7.conftest import LUA_AVAILABLE, Backend, http_get, listener, load_balancer, rule
+from tests.lua.conftest import wait_for
 
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(not LUA_AVAILABLE, reason="nginx's Lua module is not installed")]
 VIP, PORT, LB = "127.0.10.77", 18177, "lb-dyn"
@@ -128,3 +130,34 @@ def test_a_target_change_is_data_only_and_follows_without_reload(prefix: Path, b
     # smooth WRR per worker: 1:3 within a request or two of each worker's share
     assert seen["a"] == 0 and 16 <= seen["b"] <= 24 and seen["b"] + seen["c"] == 80, seen
     assert (nginx.pid, sorted(nginx.workers())) == (master, workers), "no reload"
+
+
+def test_the_agent_layout_serves_the_current_generation(prefix: Path, backends) -> None:
+    """nginx -p <root> -c <root>/current/nginx.conf, ``current`` a symlink to a generation: the
+    data files come from the generation served, and a reload onto a new generation loads its own."""
+    a, b, s, h = backends("a"), backends("b"), backends("s"), backends("h")
+    root = prefix
+    for name, mode in (("logs", 0o755), ("tmp", 0o755), ("run", 0o700)):
+        (root / name).mkdir(mode=mode, parents=True)
+
+    def generation(number: int, weighted: list[dict]) -> None:
+        state = validate_documents([("doc", document(weighted, [s.target()], [h.target()]))])
+        files = compile_nginx(state, prefix=str(root), dynamic=True).files
+        conf = main_conf(str(root), dynamic=True, upstreams=upstreams_of(files), conf_dir=str(root / "current"))
+        gen = root / "generations" / f"g{number:06d}"
+        write_prefix(NginxConfig({**files, "nginx.conf": conf}), gen)
+        test = subprocess.run(["nginx", "-p", str(root), "-c", str(gen / "nginx.conf"), "-t"], capture_output=True)
+        assert test.returncode == 0, test.stderr
+        (root / "next").symlink_to(gen.relative_to(root))
+        (root / "next").replace(root / "current")
+
+    generation(1, [a.target(10)])
+    serving = ["nginx", "-p", str(root), "-c", str(root / "current" / "nginx.conf")]
+    started = subprocess.run(serving, capture_output=True)
+    assert started.returncode == 0, started.stderr
+    nginx = Nginx(root)
+    wait_for(lambda: nginx.pid is not None and (root / "run" / "ctl.sock").exists(), "nginx")
+    assert spread(WEIGHTED, 6) == Counter({"a": 6})
+    generation(2, [b.target(10)])
+    nginx.reload()
+    assert spread(WEIGHTED, 6) == Counter({"b": 6})
