@@ -93,6 +93,8 @@ def test_render_prints_ipvsadm_rules(tmp_path: object) -> None:
             "--dry-run",
             "--format",
             "ipvsadm",
+            "--cert-dir",
+            "fixtures/certs",
             "fixtures/examples/full.yaml",
         ],
         capture_output=True,
