@@ -32,7 +32,7 @@ trap 'exit 143' TERM INT
 phase "building the wheelhouse"
 mkdir -p "$run/src" "$run/wheels"
 git ls-files -z -co --exclude-standard | xargs -0 tar --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$run/src"
-.venv/bin/python -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$run/wheels" "$run/src"
+.venv/bin/python -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$run/wheels" "$run/src" pip
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$run/wheelhouse.tar" -C "$run/wheels" .
 
 phase "building or reusing the VM image"

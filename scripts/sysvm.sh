@@ -9,7 +9,8 @@
 #   scripts/sysvm.sh ssh RUNDIR CMD # run a command in it as root
 #
 # The image is cached under CLB_SYSVM_CACHE (default ~/.cache/clbagent-sysvm), keyed on the package
-# list (scripts/sysvm-packages.txt), this script and the kernel, so only the first run builds it.
+# lists (scripts/sysvm-packages.txt and a gateway's scripts/apt-packages.txt), this script and the
+# kernel, so only the first run builds it.
 # The VM has no network beyond the SSH port forward. Environment: CLB_VM_ACCEL (auto | kvm | tcg),
 # CLB_VM_CPUS (2), CLB_VM_MEMORY (2G), CLB_SYSVM_BOOT_TIMEOUT (seconds, 600).
 set -euo pipefail
@@ -43,7 +44,7 @@ debian_sources() {
 }
 
 image_key() {
-  { cat scripts/sysvm-packages.txt scripts/sysvm.sh; echo "$kver"; debian_sources | xargs cat; } |
+  { cat scripts/sysvm-packages.txt scripts/apt-packages.txt scripts/sysvm.sh; echo "$kver"; debian_sources | xargs cat; } |
     sha256sum | cut -c1-16
 }
 
@@ -53,7 +54,7 @@ build_image() {
   rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
   ssh-keygen -q -t ed25519 -N '' -C clbagent-sysvm -f "$dir.tmp/id_ed25519"
   tree=$dir.tmp/tree
-  pkgs=$(grep -v '^\s*#' scripts/sysvm-packages.txt | awk 'NF' | paste -sd,)
+  pkgs=$(grep -hv '^\s*#' scripts/sysvm-packages.txt scripts/apt-packages.txt | awk 'NF' | sort -u | paste -sd,)
   echo "sysvm: building the image (mmdebstrap, kernel $kver)" >&2
   mmdebstrap --quiet --variant=minbase --include="$pkgs" \
     --customize-hook="mkdir -p \"\$1/usr/lib/modules\" && cp -a /usr/lib/modules/$kver \"\$1/usr/lib/modules/\"" \
@@ -63,9 +64,11 @@ build_image() {
     --customize-hook="chroot \"\$1\" systemctl enable systemd-networkd >/dev/null 2>&1" \
     --customize-hook="chroot \"\$1\" passwd -d root >/dev/null" \
     bookworm "$tree" $(debian_sources)
-  mke2fs -q -t ext4 -L clbroot -d "$tree" "$dir.tmp/root.img" 4G
+  mke2fs -q -t ext4 -L clbroot -d "$tree" "$dir.tmp/root.img" 4G >&2
   rm -rf "$tree"
   rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  # Images of other keys are outdated: keep only this one.
+  find "$cache" -mindepth 1 -maxdepth 1 ! -path "$dir" -exec rm -rf {} +
 }
 
 cmd_image() {
@@ -100,6 +103,7 @@ cmd_start() {
   mkdir -p "$run"
   run=$(cd "$run" && pwd)
   qemu-img create -q -f qcow2 -F raw -b "$image/root.img" "$run/root.qcow2"
+  install -m 0600 "$image/id_ed25519" "$run/id_ed25519"
   accel=${CLB_VM_ACCEL:-auto}
   if [ "$accel" = auto ]; then
     if kvm_works; then accel=kvm; else accel=tcg; fi
@@ -110,7 +114,7 @@ Host clbvm
   HostName 127.0.0.1
   Port $port
   User root
-  IdentityFile $image/id_ed25519
+  IdentityFile $run/id_ed25519
   IdentitiesOnly yes
   StrictHostKeyChecking no
   UserKnownHostsFile /dev/null

@@ -105,9 +105,6 @@ def backends(host) -> Iterator[tuple[str, ...]]:
 
 def vip_get(host, path: str = "/", scheme: str = "http", port: int = 8080) -> str:
     """The body of one request to the VIP (www.example.com), or '' when it failed."""
-    cmd = (
-        f"curl -sfk --max-time 10 --resolve www.example.com:{port}:{VIP} "
-        f"{scheme}://www.example.com:{port}{path}"
-    )
+    cmd = f"curl -sfk --max-time 10 --resolve www.example.com:{port}:{VIP} {scheme}://www.example.com:{port}{path}"
     result = host.run(cmd)
     return result.stdout.strip() if result.rc == 0 else ""

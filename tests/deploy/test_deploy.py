@@ -1,0 +1,181 @@
+"""The deployed gateway host, checked from outside as an operator would (pytest-testinfra over SSH).
+
+scripts/deploy-test.sh has booted the VM (systemd as PID 1) and run ansible/playbook.yml on it.
+The tests run in file order: first what must hold after the deployment, then the playbook again
+(no change; a changed document applied without a restart; a bad document refused), then the
+agent restarted and frozen, which must leave the data plane serving.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import BACKENDS, RUN, VIP, vip_get, wait_for
+
+pytestmark = pytest.mark.timeout(900)
+
+NGINX_PID_FILE = "/var/lib/clbagent/nginx/run/nginx.pid"
+DOCUMENT = Path(__file__).parent / "documents" / "lb-deploy.yaml"
+KEY = Path(__file__).parents[2] / "fixtures" / "certs" / "www.example.com.key"
+SEND_UDP = "import socket, sys; socket.socket(2, 2).sendto(b'x', (sys.argv[1], int(sys.argv[2])))"
+
+
+def unit(host, *props: str) -> dict[str, str]:
+    """Properties of the clbagent unit, as ``systemctl show`` reports them."""
+    out = host.check_output(f"systemctl show clbagent -p {','.join(props)}")
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def nginx_master(host) -> int:
+    return int(host.check_output(f"cat {NGINX_PID_FILE}"))
+
+
+def ipvs_services(host) -> list[str]:
+    """The IPVS virtual services and their real servers (``ipvsadm -Ln``, counters left out)."""
+    lines = host.check_output("ipvsadm -Ln").splitlines()
+    return [" ".join(line.split()[:3]) for line in lines if line.lstrip().startswith(("TCP", "UDP", "->"))]
+
+
+def ipvs_connections(host) -> int:
+    """Connections IPVS counted since the services were created (a flush would reset this)."""
+    out = host.check_output("ipvsadm -Ln --stats")
+    return sum(int(line.split()[2]) for line in out.splitlines() if line.startswith(("TCP", "UDP")))
+
+
+def served_by(host, path: str = "/", tries: int = 10) -> set[str]:
+    return {vip_get(host, path) for _ in range(tries)}
+
+
+def test_agent_is_active_after_ready(host):
+    props = unit(host, "Type", "ActiveState", "SubState", "WatchdogUSec", "NRestarts", "UnitFileState")
+    assert props["Type"] == "notify"
+    # A Type=notify unit is "activating" until READY=1 arrives; "active" means it was sent.
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running")
+    assert props["WatchdogUSec"] != "0"
+    assert props["UnitFileState"] == "enabled"
+    assert host.service("nginx").is_enabled is False
+
+
+def test_nginx_serves_the_example_through_its_vip(host, backends):
+    expected = {f"backend-{ip}" for ip in backends}
+    seen = wait_for(lambda: served_by(host) >= expected and served_by(host), 120, "both backends behind the VIP")
+    assert seen == expected
+    assert vip_get(host, scheme="https", port=8443) == f"backend-{BACKENDS[0]}"
+
+
+def test_l4_services_are_in_the_ipvs_table(host):
+    services = ipvs_services(host)
+    assert f"TCP {VIP}:15432 wrr" in services
+    assert f"UDP {VIP}:10053 wlc" in services
+    assert f"-> {BACKENDS[1]}:5432 Masq" in services
+
+
+def test_status_socket_answers(host):
+    socket = host.file("/run/clbagent/status.sock")
+    assert socket.is_socket and socket.mode == 0o600 and socket.user == "root"
+    status = json.loads(host.check_output("clbagent status --json"))
+    assert "lb-deploy" in json.dumps(status)
+
+
+def test_metrics_listen_on_loopback_only(host):
+    listening = [line.split()[3] for line in host.check_output("ss -ltnH").splitlines()]
+    metrics = [address for address in listening if address.endswith(":9489")]
+    assert metrics == ["127.0.0.1:9489"]
+    assert "# TYPE" in host.check_output("curl -sf http://127.0.0.1:9489/metrics")
+
+
+def test_private_keys_are_root_only(host):
+    keys = host.check_output("find /var/lib/clbagent /etc/clbagent -name '*.key' -type f").split()
+    assert any(k.startswith("/var/lib/clbagent/") for k in keys), keys
+    for key in keys:
+        f = host.file(key)
+        assert (f.mode, f.user, f.group) == (0o600, "root", "root"), key
+        parent = host.file(str(Path(key).parent))
+        assert (parent.mode, parent.user) == (0o700, "root"), parent.path
+
+
+def test_second_run_changes_nothing(playbook):
+    play = playbook()
+    assert play.returncode == 0, play.output[-3000:]
+    assert play.recap["changed"] == 0, play.output[-3000:]
+
+
+def edited_vars(replace: dict[Path, list[Path]], name: str) -> Path:
+    """A copy of the test's Ansible variables with some shipped files replaced by others."""
+    assert RUN is not None
+    text = (RUN / "vars.yml").read_text()
+    for old, new in replace.items():
+        text = text.replace(f"  - {old}\n", "".join(f"  - {path}\n" for path in new))
+    path = RUN / f"vars-{name}.yml"
+    path.write_text(text)
+    return path
+
+
+def test_changed_document_is_applied_without_restart(host, playbook, backends, tmp_path):
+    before = unit(host, "MainPID")["MainPID"]
+    serving = served_by(host)
+    edited = tmp_path / DOCUMENT.name
+    first_target = "{EniIp: 127.0.20.1, Port: 9001, Weight: 10}"
+    assert first_target in DOCUMENT.read_text()
+    edited.write_text(DOCUMENT.read_text().replace(first_target, first_target.replace("10}", "0}")))
+    # --check --diff with a changed key as well: reported as a change, the key not printed.
+    other_key = tmp_path / "keys" / KEY.name
+    other_key.parent.mkdir()
+    other_key.write_text((KEY.parent / "wildcard.example.net.key").read_text())
+    check = playbook("--check", "--diff", "-e", f"@{edited_vars({DOCUMENT: [edited], KEY: [other_key]}, 'check')}")
+    assert check.returncode == 0 and check.recap["changed"] > 0, check.output[-3000:]
+    assert other_key.read_text().splitlines()[1] not in check.output
+    assert served_by(host) == serving
+    # The real run: every request now goes to the second backend, and the agent was not restarted.
+    play = playbook("-e", f"@{edited_vars({DOCUMENT: [edited]}, 'edited')}")
+    assert play.returncode == 0, play.output[-3000:]
+    wait_for(lambda: served_by(host) == {f"backend-{backends[1]}"}, 180, "the edited weights to be served")
+    assert unit(host, "MainPID")["MainPID"] == before
+
+
+def test_bad_document_fails_the_play_and_host_keeps_serving(host, playbook, backends, tmp_path):
+    bad = tmp_path / "lb-bad.yaml"
+    text = DOCUMENT.read_text().replace("LoadBalancerId: lb-deploy", "LoadBalancerId: lb-bad")
+    bad.write_text(text.replace("Port: 8080", "Port: 70000"))
+    documents_before = host.check_output("ls -l --time-style=+%s.%N /etc/clbagent/documents")
+    serving = served_by(host)
+    play = playbook("-e", f"@{edited_vars({DOCUMENT: [DOCUMENT, bad]}, 'bad')}")
+    assert play.returncode != 0
+    assert re.search(r"InvalidParameter: \S*Listeners\[0\]/Port", play.output), play.output[-3000:]
+    assert host.check_output("ls -l --time-style=+%s.%N /etc/clbagent/documents") == documents_before
+    assert served_by(host) == serving
+
+
+def test_restart_keeps_nginx_and_ipvs(host):
+    master = nginx_master(host)
+    services = ipvs_services(host)
+    # One UDP datagram through the VIP: IPVS counts it, and a flush would reset the count.
+    host.run_expect([0], f"python3 -c {shlex.quote(SEND_UDP)} {VIP} 10053")
+    counted = ipvs_connections(host)
+    assert counted > 0
+    host.run_expect([0], "systemctl restart clbagent")
+    assert unit(host, "ActiveState")["ActiveState"] == "active"
+    assert nginx_master(host) == master
+    assert ipvs_services(host) == services
+    assert ipvs_connections(host) >= counted
+
+
+def test_watchdog_restarts_a_frozen_agent(host, backends):
+    props = unit(host, "MainPID", "NRestarts")
+    master = nginx_master(host)
+    host.run_expect([0], f"kill -STOP {props['MainPID']}")
+
+    def restarted() -> bool:
+        now = unit(host, "MainPID", "NRestarts", "ActiveState")
+        return now["ActiveState"] == "active" and now["MainPID"] not in ("0", props["MainPID"])
+
+    wait_for(restarted, 300, "systemd's watchdog to restart the frozen agent", interval=3)
+    assert int(unit(host, "NRestarts")["NRestarts"]) > int(props["NRestarts"])
+    assert "watchdog" in host.check_output("journalctl -u clbagent --no-pager -n 200").lower()
+    assert nginx_master(host) == master
+    assert served_by(host) == {f"backend-{ip}" for ip in backends}
