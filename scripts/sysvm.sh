@@ -19,20 +19,12 @@ cache=${CLB_SYSVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/clbagent-sysvm}
 
 die() { echo "sysvm: $*" >&2; exit 1; }
 
-pick_kernel() {
-  local best="" v
-  for k in /boot/vmlinuz-*; do
-    v=${k#/boot/vmlinuz-}
-    if compgen -G "/usr/lib/modules/$v/kernel/net/netfilter/ipvs/ip_vs.ko*" >/dev/null && [ -r "/boot/initrd.img-$v" ]; then
-      best=$k
-    fi
-  done
-  [ -n "$best" ] || die "no /boot/vmlinuz-* with ip_vs modules and an initrd (apt-get install linux-image-amd64)"
-  echo "$best"
-}
+# shellcheck source=scripts/vm-lib.sh
+. scripts/vm-lib.sh
 
 kernel=${CLB_VM_KERNEL:-$(pick_kernel)}
 kver=${kernel#/boot/vmlinuz-}
+[ -r "/boot/initrd.img-$kver" ] || die "no /boot/initrd.img-$kver to boot $kernel with"
 
 # Debian's own sources only (other vendors' lists on the host are not needed in the image).
 debian_sources() {
@@ -78,15 +70,6 @@ cmd_image() {
   echo "$dir"
 }
 
-# KVM works when a guest kernel boots far enough to panic on a missing root within a few seconds;
-# /dev/kvm may exist but hang, and then software emulation (TCG) is used.
-kvm_works() {
-  [ -w /dev/kvm ] || return 1
-  timeout 8 qemu-system-x86_64 -accel kvm -m 256 -nographic -no-reboot -kernel "$kernel" \
-    -append "console=ttyS0 panic=-1 root=/dev/nonexistent" </dev/null 2>/dev/null |
-    grep -q -m1 -E "Kernel panic|VFS: Unable to mount"
-}
-
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -106,7 +89,7 @@ cmd_start() {
   install -m 0600 "$image/id_ed25519" "$run/id_ed25519"
   accel=${CLB_VM_ACCEL:-auto}
   if [ "$accel" = auto ]; then
-    if kvm_works; then accel=kvm; else accel=tcg; fi
+    if kvm_works "$kernel"; then accel=kvm; else accel=tcg; fi
   fi
   port=$(free_port)
   cat >"$run/ssh_config" <<EOF
