@@ -38,6 +38,9 @@ class AgentConfig(BaseModel):
     wait_max: float = Field(2.0, gt=0, description="quiescence: apply at the latest this long after a change (s)")
     resync_interval: float = Field(30.0, gt=0, description="periodic repair of IPVS, nginx and generated files (s)")
     watch: Literal["auto", "inotify", "poll"] = Field("auto", description="how the documents directory is watched")
+    upstreams: Literal["auto", "dynamic", "static"] = Field(
+        "auto", description="dynamic: targets change without reloads (Lua); auto = dynamic when the Lua module exists"
+    )
     l4: Literal["auto", "on", "off"] = Field("auto", description="IPVS for TCP/UDP; auto = when ip_vs is loadable")
     vip_interface: str = Field("clb0", description="dummy interface that holds the VIPs")
     drain_timeout: float = Field(300.0, ge=0, description="seconds a removed L4 target drains before deletion")

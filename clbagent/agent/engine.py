@@ -20,7 +20,10 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from clbagent.agent.config import AgentConfig
 from clbagent.agent.incremental import IncrementalValidator
@@ -31,10 +34,18 @@ from clbagent.errors import Code, Issue
 from clbagent.l4 import IpvsPlan, plan_ipvs
 from clbagent.l7.compile import compile_unit, main_conf
 from clbagent.nginx.controller import NginxController
+from clbagent.nginx.upstreams_channel import (
+    ChannelError,
+    Upstream,
+    UpstreamsChannel,
+    differences,
+    upstreams_of,
+)
 from clbagent.settings import Settings
 from clbagent.validate import DesiredState, DocumentResult, check_transition
 
 Files = dict[str, str]
+LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")
 
 
 @dataclass
@@ -103,6 +114,8 @@ class Engine:
         self.served = IncrementalValidator(self.settings)  # with quarantined ones at their last good version
         self._units: dict[str, tuple[DocumentResult, int, Files]] = {}
         self.revisions = Revisions()
+        self.dynamic = config.upstreams == "dynamic" or (config.upstreams == "auto" and LUA_MODULE.exists())
+        self._parsed: dict[str, tuple[Files, dict[str, Upstream]]] = {}
         self.secret = b""
         self.last_report: ApplyReport | None = None
 
@@ -139,6 +152,7 @@ class Engine:
             if self.nginx.master() is not None:
                 self.nginx.reload()
         self.nginx.ensure_running()
+        self._sync(self._compose(self.good_units))
 
     # ------------------------------------------------------------------ apply
 
@@ -178,14 +192,24 @@ class Engine:
         vips = self._vips(compiled.state)
         vip_errors = prepare_vips(vips, self.config.vip_interface, self.l4.available)
         staged = None
+        differing = _differing(files, good_files)
+        # Members, weights and down marks only: the data files change, nginx.conf and the includes
+        # do not; the change goes over the channel without a test or a reload.
+        members_only = (
+            self.dynamic
+            and not unchanged
+            and self.good.generation is not None
+            and self.nginx.master() is not None
+            and all(p.startswith("upstreams/") for p in differing)
+        )
         if not unchanged:
             t = time.perf_counter()
-            staged = gens.stage(files, self.good.generation, _differing(files, good_files))
+            staged = gens.stage(files, self.good.generation, differing)
             report.timings["write"] = time.perf_counter() - t
             t = time.perf_counter()
-            check = self.nginx.test(staged.number)
-            report.nginx_tests += 1
-            if not check.ok:
+            check = self.nginx.test(staged.number) if not members_only else None
+            report.nginx_tests += check is not None
+            if check is not None and not check.ok:
                 gens.discard(staged.number)
                 culprits = self._bisect(units, check.output, report)
                 for lb_id, reason in culprits.items():
@@ -193,9 +217,9 @@ class Engine:
                     report.quarantined.setdefault(lb_id, []).append(
                         Issue(lb_id, Code.FAILED_OPERATION, f"nginx refused its configuration: {reason}{hint}")
                     )
-                    served_sources = {
-                        s: raw for s, raw in served_sources.items() if self._root_of(s) != lb_id
-                    } | {s: raw for s, raw in self.good.documents.items() if self._root_of(s) == lb_id}
+                    served_sources = {s: raw for s, raw in served_sources.items() if self._root_of(s) != lb_id} | {
+                        s: raw for s, raw in self.good.documents.items() if self._root_of(s) == lb_id
+                    }
                     if lb_id in self.good_units:
                         units[lb_id] = self.good_units[lb_id]
                     else:
@@ -228,13 +252,19 @@ class Engine:
 
         if not unchanged and staged is not None:
             t = time.perf_counter()
-            error = self._switch(staged.number)
-            report.timings["reload"] = time.perf_counter() - t
+            error = "reload"
+            if members_only:
+                gens.switch(staged.number)
+                error = self._send_members(files, good_files, differing)
+                report.timings["send"] = time.perf_counter() - t
+            if error:  # a reload loads the data files whatever the channel did
+                error = self._switch(staged.number, files)
+                report.timings["reload"] = time.perf_counter() - t
+                report.reloaded = True
             if error:
                 report.result, report.error = "rolled back", error
                 self._rollback(staged.number)
                 return self._finish(report)
-            report.reloaded = True
             report.generation = staged.number
         elif self.nginx.master() is None and self.good.generation is not None:
             self.nginx.ensure_running()
@@ -268,7 +298,7 @@ class Engine:
             done.append("current generation restored")
         if gens.files(gen) != self._compose(self.good_units):
             staged = gens.stage(self._compose(self.good_units), None)
-            if self.nginx.test(staged.number).ok and not self._switch(staged.number):
+            if self.nginx.test(staged.number).ok and not self._switch(staged.number, self._compose(self.good_units)):
                 self.good.generation = staged.number
                 self.store.save(self.good, {s: self.revisions.of(s, raw) for s, raw in self.good.documents.items()})
                 done.append(f"generated files restored as generation {staged.number}")
@@ -278,6 +308,9 @@ class Engine:
         if self.nginx.master() is None:
             self.nginx.ensure_running()
             done.append("nginx master restarted")
+        error = self._sync(self._compose(self.good_units))
+        if error:
+            done.append(f"upstreams not in sync: {error}")
         return done
 
     # ------------------------------------------------------------------ steps
@@ -310,7 +343,12 @@ class Engine:
                 units[doc.root] = cached
                 continue
             files, issues = compile_unit(
-                lb, state.catalog, frozenset(), self.secret, legacy_tls=self.settings.legacy_tls_default
+                lb,
+                state.catalog,
+                frozenset(),
+                self.secret,
+                legacy_tls=self.settings.legacy_tls_default,
+                dynamic=self.dynamic,
             )
             if not files:
                 out.failed[doc.root] = [i for i in issues if i.severity == "error"]
@@ -324,10 +362,61 @@ class Engine:
         return self._compile_state(self.served.validate(docs, full), self.served)
 
     def _compose(self, units: dict[str, Files]) -> Files:
-        files = {"nginx.conf": main_conf(str(self.config.nginx_root), self.config.worker_shutdown_timeout)}
+        """The whole file set of a generation: nginx.conf and every unit."""
+        root = self.config.nginx_root
+        upstreams = self._upstreams(units) if self.dynamic else None
+        main = main_conf(
+            str(root),
+            self.config.worker_shutdown_timeout,
+            dynamic=self.dynamic,
+            upstreams=upstreams,
+            conf_dir=str(root / "current"),
+        )
+        files = {"nginx.conf": main}
         for lb_id in sorted(units):
             files.update(units[lb_id])
         return files
+
+    def _upstreams(self, units: dict[str, Files]) -> dict[str, Upstream]:
+        """Every dynamic upstream of the units (each unit's data file parsed once)."""
+        out: dict[str, Upstream] = {}
+        parsed: dict[str, tuple[Files, dict[str, Upstream]]] = {}
+        for lb_id, unit in units.items():
+            cached = self._parsed.get(lb_id)
+            if cached is None or cached[0] is not unit:
+                cached = (unit, upstreams_of(unit))
+            parsed[lb_id] = cached
+            out.update(cached[1])
+        self._parsed.update(parsed)
+        return out
+
+    def _sync(self, files: Files) -> str:
+        """Make nginx hold the upstreams of ``files`` and check it (after every reload and start,
+        and for a change of members only); '' when it does, else the error."""
+        if not self.dynamic or self.nginx.master() is None:
+            return ""
+        try:
+            with UpstreamsChannel.of_prefix(self.config.nginx_root) as channel:
+                channel.sync(upstreams_of(files))
+        except (ChannelError, httpx.HTTPError, OSError) as exc:
+            return f"the upstreams channel: {exc}"
+        return ""
+
+    def _send_members(self, files: Files, base: Files, paths: set[str]) -> str:
+        """A change of members, weights or down marks only: the upstreams of the changed data
+        files go over the channel, no reload. '' when nginx holds them, else the error."""
+        new = upstreams_of({p: files[p] for p in paths if p in files})
+        old = upstreams_of({p: base[p] for p in paths if p in base})
+        try:
+            with UpstreamsChannel.of_prefix(self.config.nginx_root) as channel:
+                if new:
+                    channel.send(new)
+                for name in sorted(set(old) - set(new)):
+                    channel.delete(name)
+                left = differences(new, channel.held())
+        except (ChannelError, httpx.HTTPError, OSError) as exc:
+            return f"the upstreams channel: {exc}"
+        return "; ".join(left)
 
     def _plan(self, state: DesiredState) -> IpvsPlan:
         return plan_ipvs(state)
@@ -377,7 +466,7 @@ class Engine:
             search(changed, failed_output)
         return culprits
 
-    def _switch(self, number: int) -> str:
+    def _switch(self, number: int, files: Files) -> str:
         """Make a staged generation current and serving; '' when verified, else the error."""
         self.nginx.generations.switch(number)
         if self.nginx.master() is None:
@@ -385,9 +474,11 @@ class Engine:
                 self.nginx.start()
             except Exception as exc:  # any start failure is reported and rolled back
                 return str(exc)
-            return ""
-        result = self.nginx.reload()
-        return "" if result.ok else f"reload not taken: {result.error}"
+        else:
+            result = self.nginx.reload()
+            if not result.ok:
+                return f"reload not taken: {result.error}"
+        return self._sync(files)
 
     def _rollback(self, failed: int) -> None:
         gens = self.nginx.generations
@@ -397,6 +488,7 @@ class Engine:
                 self.nginx.reload()
             else:
                 self.nginx.ensure_running()
+            self._sync(self._compose(self.good_units))
         gens.discard(failed)
         self.l4.apply(self.good_plan, {})
 
@@ -490,4 +582,3 @@ def _excerpt(output: str) -> str:
     lines = [line for line in output.strip().splitlines() if "[emerg]" in line or "failed" in line]
     text = (lines or output.strip().splitlines() or ["nginx -t failed"])[0]
     return text.split("] ", 1)[-1][:300]
-

@@ -46,6 +46,7 @@ class Generations:
         self.root.mkdir(parents=True, exist_ok=True)
         for name in RUNTIME_DIRS:
             (self.root / name).mkdir(exist_ok=True)
+        (self.root / "run").chmod(0o700)  # the upstreams control socket nginx creates there is 0666
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self.dir.chmod(0o700)
 

@@ -118,7 +118,9 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0
 
 
 @pytest.fixture
-def host() -> Iterator[Host]:
+def host(request: pytest.FixtureRequest) -> Iterator[Host]:
+    """A host layout; parametrise indirectly with ``static`` or ``dynamic`` to choose the upstream
+    mode (default: the agent's ``auto``)."""
     if not NGINX_AVAILABLE:
         pytest.skip("nginx is not installed")
     base = Path(tempfile.mkdtemp(prefix="clb-agent-"))
@@ -137,6 +139,7 @@ def host() -> Iterator[Host]:
                 "resync_interval": 2.0,
                 "worker_shutdown_timeout": "5s",
                 "l4": "auto",
+                "upstreams": getattr(request, "param", "auto"),
             }
         )
     )

@@ -18,6 +18,10 @@ VIP_A, VIP_B = "127.0.41.1", "127.0.41.2"
 REAL_COMPILE = compile_module.compile_lb
 
 
+BOTH_MODES = pytest.mark.parametrize("host", ["static", "dynamic"], indirect=True)
+
+
+@BOTH_MODES
 def test_apply_routes_traffic_and_a_repeat_does_nothing(host, backends):
     b1, b2 = backends("b1"), backends("b2")
     host.write("a.yaml", http_lb("lb-a", VIP_A, [b1.target()]))
@@ -36,7 +40,17 @@ def test_apply_routes_traffic_and_a_repeat_does_nothing(host, backends):
     report = json.loads(third.stdout)
     assert third.returncode == 0 and report["result"] == "applied" and report["changed"] == ["lb-a"]
     assert http_get(VIP_A, 8080, "www.example.com").backend == "b2"
-    assert worker_pids(host).isdisjoint(workers)
+    if host.config.upstreams == "dynamic":  # a target change reaches nginx without a reload
+        assert worker_pids(host) == workers and report["nginx_tests"] == 0
+    else:
+        assert worker_pids(host).isdisjoint(workers)
+
+    doc = http_lb("lb-a", VIP_A, [b2.target()])
+    doc["Listeners"][0]["Rules"][0]["Url"] = "/shop"  # a rule change: a reload in both modes
+    host.write("a.yaml", doc)
+    assert host.cli("apply", "--config", str(host.config_path)).returncode == 0
+    assert http_get(VIP_A, 8080, "www.example.com", "/shop").backend == "b2"
+    assert http_get(VIP_A, 8080, "www.example.com", "/other").status == 404
 
 
 def test_invalid_document_keeps_its_last_good_version(host, backends):
@@ -127,6 +141,7 @@ def test_reload_refused_after_test_passed_is_rolled_back(host, backends, monkeyp
     assert worker_pids(host)  # serving again after the verified rollback reload
 
 
+@BOTH_MODES
 def test_changes_under_load_fail_no_request(host, backends):
     pool = [backends(f"b{i}") for i in range(4)]
     host.write("a.yaml", http_lb("lb-a", VIP_A, [pool[0].target()]))
@@ -171,8 +186,14 @@ def _snapshot(host):
     return snap.docs, snap.issues, snap.failed_files
 
 
-@pytest.mark.parametrize("step", ["staged", "switched", "signalled"])
+@pytest.mark.parametrize(
+    ("host", "step"),
+    [("static", "staged"), ("static", "switched"), ("static", "signalled"), ("dynamic", "switched")],
+    indirect=["host"],
+)
 def test_agent_killed_during_an_apply_converges_without_a_failed_request(host, backends, step):
+    """Static: the target change is a reload. Dynamic: it goes over the channel, and the agent is
+    killed after ``current`` moved but before nginx was told."""
     b1, b2 = backends("b1"), backends("b2")
     host.write("a.yaml", http_lb("lb-a", VIP_A, [b1.target()]))
     assert host.cli("apply", "--config", str(host.config_path)).returncode == 0
@@ -215,3 +236,39 @@ def test_sni_cannot_be_switched_off_once_served(host, backends):
     assert result.returncode == 2, result.stdout + result.stderr
     [issue] = json.loads(result.stdout)["quarantined"]["lb-a"]
     assert issue["path"] == "lb-a/Listeners[0]/SniSwitch" and "cannot be switched off" in issue["message"]
+
+
+@pytest.mark.parametrize("host", ["dynamic"], indirect=True)
+def test_target_changes_reach_nginx_without_a_reload(host, backends):
+    """Dynamic upstreams through the agent: add, remove, reweight under load; the master's workers
+    stay the same, no request fails, and the next requests after the apply follow the change."""
+    b = [backends(f"b{i}") for i in range(3)]
+    host.write("a.yaml", http_lb("lb-a", VIP_A, [b[0].target()]))
+    engine = host.engine()
+    assert host.apply_once(engine).result == "applied"
+    workers = worker_pids(host)
+
+    def answered(n: int = 40) -> dict[str, int]:
+        seen: dict[str, int] = {}
+        for _ in range(n):
+            name = http_get(VIP_A, 8080, "www.example.com").backend
+            seen[name] = seen.get(name, 0) + 1
+        return seen
+
+    steps = [
+        ([b[0].target(), b[1].target()], {"b0", "b1"}),  # a target added
+        ([b[1].target()], {"b1"}),  # one removed
+        ([b[1].target(weight=10), b[2].target(weight=30)], {"b1", "b2"}),  # reweighted 1:3
+        ([b[1].target(weight=0), b[2].target()], {"b2"}),  # weight 0: no traffic
+    ]
+    with Load(VIP_A, 8080, "www.example.com") as load:
+        for targets, expected in steps:
+            host.write("a.yaml", http_lb("lb-a", VIP_A, targets))
+            report = host.apply_once(engine)
+            assert report.result == "applied" and not report.reloaded and "send" in report.timings, report
+            seen = answered()
+            assert set(seen) == expected, seen
+            if expected == {"b1", "b2"}:
+                assert 8 <= seen["b1"] <= 12, seen  # 1:3, smooth weighted round robin per worker
+    assert worker_pids(host) == workers
+    assert load.failed == 0, load.errors[:5]
