@@ -200,6 +200,8 @@ class Agent:
         active, draining = engine.nginx.workers()
         master = engine.nginx.master()
         last = engine.last_report
+        if request == "upstreams":
+            return {"upstreams": engine.upstreams_report()}
         return {
             "agent": {
                 "pid": os.getpid(),

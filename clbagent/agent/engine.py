@@ -402,6 +402,38 @@ class Engine:
             return f"the upstreams channel: {exc}"
         return ""
 
+    def upstreams_report(self) -> dict[str, Any]:
+        """Per load balancer and rule upstream: the members nginx really holds (weight, down, active
+        connections) next to the desired ones, and whether they agree (``status --upstreams``)."""
+        if not self.dynamic:
+            return {"mode": "static", "load_balancers": {}, "note": "members are compiled into the configuration"}
+        try:
+            with UpstreamsChannel.of_prefix(self.config.nginx_root) as channel:
+                held = channel.held()
+        except (ChannelError, httpx.HTTPError, OSError) as exc:
+            return {"mode": "dynamic", "load_balancers": {}, "error": f"the upstreams channel: {exc}"}
+        out: dict[str, dict[str, Any]] = {}
+        desired_names: set[str] = set()
+        for lb_id, unit in sorted(self.good_units.items()):
+            for name, want in sorted(upstreams_of(unit).items()):
+                desired_names.add(name)
+                have = held.upstreams.get(name)
+                have_members = {m.endpoint: m for m in have.members} if have else {}
+                members = [
+                    {
+                        "endpoint": m.endpoint,
+                        "weight": m.weight,
+                        "down": m.down,
+                        "held_weight": have_members[m.endpoint].weight if m.endpoint in have_members else None,
+                        "held_down": have_members[m.endpoint].down if m.endpoint in have_members else None,
+                        "active": held.active.get(name, {}).get(m.endpoint, 0),
+                    }
+                    for m in want.members
+                ]
+                out.setdefault(lb_id, {})[name] = {"in_sync": have == want, "members": members}
+        extra = sorted(set(held.upstreams) - desired_names)
+        return {"mode": "dynamic", "instance": held.instance, "load_balancers": out, "unexpected": extra}
+
     def _send_members(self, files: Files, base: Files, paths: set[str]) -> str:
         """A change of members, weights or down marks only: the upstreams of the changed data
         files go over the channel, no reload. '' when nginx holds them, else the error."""

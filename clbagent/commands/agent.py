@@ -68,6 +68,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--config", type=Path, help=CONFIG_HELP)
     p.add_argument("--socket", type=Path, help="the status socket (default: from the config)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument(
+        "--upstreams",
+        action="store_true",
+        help="per rule, the members nginx really holds next to the desired ones (dynamic upstreams); "
+        "exit 3 when they differ",
+    )
     p.set_defaults(run=run_status)
 
     p = sub.add_parser(
@@ -178,10 +184,23 @@ def run_status(args: Any) -> int:
             return EXIT_INVALID
         socket_path = config.status_socket
     try:
-        status = request(socket_path)
+        status = request(socket_path, "upstreams" if args.upstreams else "status")
     except StatusUnavailableError as exc:
         print(f"clbagent status: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    if args.upstreams:
+        report = status["upstreams"]
+        if args.json:
+            json.dump(report, sys.stdout, indent=2, sort_keys=True)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(format_upstreams(report))
+        differ = (
+            report.get("error")
+            or report.get("unexpected")
+            or any(not u["in_sync"] for lb in report["load_balancers"].values() for u in lb.values())
+        )
+        return EXIT_REFUSED if differ else EXIT_OK
     if args.json:
         json.dump(status, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -210,4 +229,25 @@ def format_status(status: dict[str, Any]) -> str:
             + (f"{errors[0]['code']}: {errors[0]['path']}: {errors[0]['message']}" if errors else "")
             + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
         )
+    return "\n".join(lines) + "\n"
+
+
+def format_upstreams(report: dict[str, Any]) -> str:
+    if report["mode"] == "static":
+        return "upstreams: static mode, the members are compiled into the nginx configuration\n"
+    if report.get("error"):
+        return f"upstreams: {report['error']}\n"
+    lines = [f"{'LOAD BALANCER / UPSTREAM':60} {'MEMBER':24} {'WEIGHT':>6} {'HELD':>6} {'DOWN':>5} {'ACTIVE':>6}"]
+    for lb_id, upstreams in sorted(report["load_balancers"].items()):
+        for name, up in sorted(upstreams.items()):
+            flag = "" if up["in_sync"] else "   << DIFFERS"
+            lines.append(f"{lb_id}/{name}{flag}")
+            for m in up["members"]:
+                held = "-" if m["held_weight"] is None else m["held_weight"]
+                lines.append(
+                    f"{'':60} {m['endpoint']:24} {m['weight']:>6} {held!s:>6} {'yes' if m['down'] else 'no':>5} "
+                    f"{m['active']:>6}"
+                )
+    for name in report.get("unexpected", []):
+        lines.append(f"{name}   << held by nginx, not desired")
     return "\n".join(lines) + "\n"

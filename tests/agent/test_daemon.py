@@ -198,3 +198,28 @@ def _scrape(httpx, port: int) -> str:
         return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     except httpx.HTTPError:
         return ""
+
+
+@pytest.mark.parametrize("host", ["dynamic"], indirect=True)
+def test_status_upstreams_shows_what_nginx_holds(host, backends):
+    b1, b2 = backends("b1"), backends("b2")
+    host.write("a.yaml", http_lb("lb-a", VIP, [b1.target(), b2.target(weight=0)]))
+    config = yaml.safe_load(host.config_path.read_text())
+    host.config_path.write_text(yaml.safe_dump({**config, "resync_interval": 8}))  # the drift stays visible
+    host.start_agent()
+    wait_for(lambda: _answers("b1"), 30, "traffic")
+    shown = host.cli("status", "--config", str(host.config_path), "--upstreams", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    [(name, upstream)] = json.loads(shown.stdout)["load_balancers"]["lb-a"].items()
+    assert upstream["in_sync"] and "lb_a_root" in name
+    assert {(m["endpoint"], m["weight"], m["held_weight"]) for m in upstream["members"]} == {
+        (f"{b1.ip}:{b1.port}", 10, 10),
+        (f"{b2.ip}:{b2.port}", 0, 0),
+    }
+    from clbagent.nginx.upstreams_channel import Member, Upstream, UpstreamsChannel
+
+    with UpstreamsChannel.of_prefix(host.config.nginx_root) as channel:  # someone else changes nginx
+        channel.send({name: Upstream((Member(f"{b2.ip}:{b2.port}", 10),))})
+    drift = host.cli("status", "--config", str(host.config_path), "--upstreams")
+    assert drift.returncode == 3 and "DIFFERS" in drift.stdout, drift.stdout
+    wait_for(lambda: _answers("b1"), 30, "the next resync putting the desired members back")
