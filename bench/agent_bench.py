@@ -70,14 +70,17 @@ def write(path: Path, doc: dict) -> None:
     tmp.rename(path)
 
 
-def run(size: int, edits: int) -> dict[str, float]:
+def run(size: int, edits: int, mode: str = "static") -> dict[str, float]:
+    """Median figures of ``edits`` one-target edits among ``size`` load balancers."""
     base = Path(tempfile.mkdtemp(prefix="clb-bench-agent-"))
     base.chmod(0o755)
     docs = base / "documents"
     docs.mkdir()
     for i in range(size):
         write(docs / f"lb-{i:05d}.yaml", document(i))
-    config = AgentConfig(documents=docs, state_dir=base / "state", metrics_address="", worker_shutdown_timeout="5s")
+    config = AgentConfig(
+        documents=docs, state_dir=base / "state", metrics_address="", worker_shutdown_timeout="5s", upstreams=mode
+    )
     engine = Engine(config)
     engine.start()
     source = FileSource([docs])
@@ -101,8 +104,10 @@ def run(size: int, edits: int) -> dict[str, float]:
                 "load+validate": read + tm["validate"],
                 "compile": tm["compile"],
                 "write": tm["write"],
-                "nginx -t": tm["nginx_test"],
-                "reload+verify": tm["reload"],
+                "nginx -t": tm.get("nginx_test", 0.0),
+                "reload+verify": tm.get("reload", 0.0),
+                "send": tm.get("send", 0.0),
+                "total": read + sum(tm.values()),
                 "files read": snap.files_read,
             }
         )
@@ -112,8 +117,9 @@ def run(size: int, edits: int) -> dict[str, float]:
     return median
 
 
-def churn(changes: int) -> None:
-    """Changes under load: wrk and a connection-per-request client, failures counted."""
+def churn(changes: int, mode: str) -> None:
+    """Changes under load: wrk and a connection-per-request client, failures counted. Static mode:
+    every change is a verified reload (the worst case for keep-alive clients)."""
     import re
     import shutil
     import subprocess
@@ -156,7 +162,9 @@ def churn(changes: int) -> None:
 
     write(docs / "a.yaml", lb(0))
     engine = Engine(
-        AgentConfig(documents=docs, state_dir=base / "state", metrics_address="", worker_shutdown_timeout="5s")
+        AgentConfig(
+            documents=docs, state_dir=base / "state", metrics_address="", worker_shutdown_timeout="5s", upstreams=mode
+        )
     )
     engine.start()
     source = FileSource([docs])
@@ -224,16 +232,26 @@ def main() -> None:
         f"{'LBs':>6} {'load+validate':>14} {'compile':>8} {'write':>7} {'ours':>8} {'nginx -t':>9} "
         f"{'reload':>8} {'ours/nginx -t':>14} {'initial':>8}"
     )
-    for size in (int(s) for s in args.sizes.split(",")):
-        m = run(size, args.edits)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    static = {size: run(size, args.edits, "static") for size in sizes}
+    for size, m in static.items():
         ours = m["load+validate"] + m["compile"] + m["write"]
         print(
             f"{size:>6} {m['load+validate'] * 1000:>12.1f}ms {m['compile'] * 1000:>6.1f}ms {m['write'] * 1000:>5.1f}ms "
             f"{ours * 1000:>6.1f}ms {m['nginx -t'] * 1000:>7.1f}ms {m['reload+verify'] * 1000:>6.1f}ms "
             f"{ours / m['nginx -t']:>13.2f}x {m['initial apply']:>7.2f}s"
         )
+    if Path("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists():
+        print("\ntarget change in a document -> nginx serving it (static: test + reload; dynamic: the channel)")
+        print(f"{'LBs':>6} {'static':>10} {'dynamic':>10} {'of which send':>14} {'dynamic/static':>15}")
+        for size in sizes:
+            d = run(size, args.edits, "dynamic")
+            print(
+                f"{size:>6} {static[size]['total'] * 1000:>8.1f}ms {d['total'] * 1000:>8.1f}ms "
+                f"{d['send'] * 1000:>12.1f}ms {d['total'] / static[size]['total']:>14.3f}x"
+            )
     if args.churn:
-        churn(args.churn)
+        churn(args.churn, "static")
 
 
 if __name__ == "__main__":
