@@ -34,7 +34,7 @@ class Settings(BaseModel):
     redirects_on_internal: bool = Field(True, description="C25: the matrix says public only")
     max_listeners: int = Field(50, ge=1)
     max_l7_rules: int = Field(50, ge=1)
-    max_targets_per_rule: int = Field(100, ge=1)
+    max_targets_per_rule: int = Field(100, ge=1, le=1024, description="dynamic upstreams hold at most 1,024")
     max_customized_configs: int = Field(200, ge=1, description="C13: 200 or 100")
     cert_expiry_warning_days: int = Field(30, ge=0)
     legacy_tls_default: bool = Field(
