@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 RESERVED_PORTS = (843, 1020, 1433, 1434, 3306, 3389, 6006, 20000, 36000, 42222, 48369, 56000, 65010)
 
@@ -67,21 +69,27 @@ class Settings(BaseModel):
         Raises :class:`SettingsError` with one plain sentence when the file cannot be used."""
         if path is None:
             return cls()
-        try:
-            data = yaml.safe_load(path.read_bytes()[: 1 << 20]) or {}
-        except (OSError, ValueError) as exc:
-            raise SettingsError(f"cannot read settings file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"settings file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(data, dict):
-            raise SettingsError(f"settings file {path} must be a mapping of setting names to values")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top)"
-            what = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
-            raise SettingsError(f"settings file {path}: {where}: {what}") from None
+        return load_yaml_model(cls, path, "settings file", SettingsError)
+
+
+def load_yaml_model(model: type[M], path: Path, what: str, error: type[ValueError]) -> M:
+    """A pydantic model from a YAML file of at most 1 MiB; every problem (unreadable, not YAML, not
+    a mapping, an unknown or invalid key) is ``error`` with one plain sentence naming the key."""
+    try:
+        data = yaml.safe_load(path.read_bytes()[: 1 << 20]) or {}
+    except (OSError, ValueError) as exc:
+        raise error(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must be a mapping of names to values")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        reason = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
+        raise error(f"{what} {path}: {where}: {reason}") from None
 
 
 class SettingsError(ValueError):

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from clbagent.settings import load_yaml_model
 
 DEFAULT_CONFIG = Path("/etc/clbagent/agent.yaml")
 
@@ -82,20 +84,7 @@ class AgentConfig(BaseModel):
         """Read the config file; ``None`` means every default. Errors become :class:`ConfigError`."""
         if path is None:
             return cls()
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: must be a mapping of settings")
-        try:
-            config = cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top)"
-            raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        config = load_yaml_model(cls, path, "agent config", ConfigError)
         base = path.resolve().parent
         return config.model_copy(
             update={
