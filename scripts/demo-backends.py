@@ -15,7 +15,7 @@ def handler_for(name: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             body = f"{name}\n".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")

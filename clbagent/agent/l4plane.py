@@ -57,9 +57,14 @@ class L4Plane:
         return {svc.owner.split("/")[0]: f"TCP/UDP listeners not served: {self.unavailable}" for svc in plan.services}
 
     def service_count(self) -> int | None:
+        """IPVS services in the kernel, read on a channel of its own (an apply may be using the
+        applier's channel in another thread at the same time)."""
         if not self.available:
             return None
-        return len(self._applier.kernel.services())
+        from clbagent.l4.kernel import IpvsKernel
+
+        with IpvsKernel(load=False) as kernel:
+            return len(kernel.dump())
 
     def close(self) -> None:
         if self._applier is not None:

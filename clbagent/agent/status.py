@@ -24,7 +24,11 @@ async def serve(path: Path, snapshot: Callable[[str], dict[str, Any]]) -> asynci
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = (await asyncio.wait_for(reader.readline(), 5)).decode(errors="replace").strip()
-            writer.write(json.dumps(snapshot(request or "status"), default=str).encode())
+            try:
+                answer = snapshot(request or "status")
+            except Exception as exc:  # the status must answer whatever one part of it does
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            writer.write(json.dumps(answer, default=str).encode())
             await writer.drain()
         except (TimeoutError, ConnectionError):
             pass
@@ -60,4 +64,7 @@ def request(path: Path, what: str = "status", timeout: float = 10.0) -> dict[str
         raise StatusUnavailableError(f"permission denied on {path} (the status socket is root-only)") from None
     except OSError as exc:
         raise StatusUnavailableError(f"cannot read the status from {path}: {exc.strerror or exc}") from None
-    return json.loads(b"".join(chunks) or b"{}")
+    answer = json.loads(b"".join(chunks) or b'{"error": "the agent closed the connection without an answer"}')
+    if "error" in answer:
+        raise StatusUnavailableError(f"the agent could not answer: {answer['error']}")
+    return answer

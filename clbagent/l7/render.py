@@ -1,4 +1,4 @@
-"""The jinja2 side: templates in the top-level ``templates/`` directory, autoescape off, with the
+"""The jinja2 side: templates in ``clbagent/templates/`` (package data), autoescape off, with the
 quoting function as the ``q`` filter (and ``literal`` for text where ``$`` must not appear)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import jinja2
 
 from .quote import literal, quote
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"  # package data: works from a wheel
 
 
 @cache

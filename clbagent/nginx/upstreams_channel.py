@@ -23,7 +23,7 @@ import httpx
 SOCKET = "run/ctl.sock"  # relative to the prefix
 DATA_DIR = "upstreams"  # relative to the directory of nginx.conf: one <LoadBalancerId>.json each
 BATCH_BYTES = 256 * 1024  # one PUT stays well under the channel's client_max_body_size
-LUA_DIR = Path(__file__).resolve().parents[2] / "lua"  # the Lua code shipped in the repository
+LUA_DIR = Path(__file__).resolve().parents[1] / "lua"  # the Lua code, shipped as package data
 NGINX_MODULES = Path("/usr/lib/nginx/modules")  # Debian's
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # an upstream name, as lua/clb/spec.lua accepts it
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./-]*")  # a path that needs no quoting in nginx or Lua text
