@@ -38,7 +38,6 @@ from clbagent.nginx.upstreams_channel import (
     ChannelError,
     Upstream,
     UpstreamsChannel,
-    differences,
     upstreams_of,
 )
 from clbagent.settings import Settings
@@ -443,9 +442,14 @@ class Engine:
             with UpstreamsChannel.of_prefix(self.config.nginx_root) as channel:
                 if new:
                     channel.send(new)
-                for name in sorted(set(old) - set(new)):
+                gone = sorted(set(old) - set(new))
+                for name in gone:
                     channel.delete(name)
-                left = differences(new, channel.held())
+                # Read back only what changed: the whole table would cost as much as the state.
+                left = [
+                    f"upstream {n}: nginx does not hold what was sent" for n in new if channel.held_one(n) != new[n]
+                ]
+                left += [f"upstream {n}: still held after its removal" for n in gone if channel.held_one(n) is not None]
         except (ChannelError, httpx.HTTPError, OSError) as exc:
             return f"the upstreams channel: {exc}"
         return "; ".join(left)

@@ -270,6 +270,15 @@ class UpstreamsChannel:
             raise ChannelError(409, "; ".join(left))
         return sorted([*stale, *extra])
 
+    def held_one(self, name: str) -> Upstream | None:
+        """What nginx holds for one upstream (None: nothing by that name)."""
+        status, data = self._call("GET", f"/upstreams/{name}")
+        if status == 404:
+            return None
+        if status != 200:
+            raise ChannelError(status, data.get("error", ""), data.get("path", ""))
+        return Upstream.from_json(data)
+
     def held(self) -> Held:
         status, data = self._call("GET", "/upstreams")
         if status != 200:
