@@ -22,6 +22,7 @@ from tests.kernel.conftest import Conn, ipvsadm_rules, sh, spread, tcp_once
 from tests.l4.build import lb_doc, tcp
 
 VIP = "10.99.0.7"
+AGENT_IFACE = "clbagent0"
 CLBAGENT = [sys.executable, "-m", "clbagent.cli"]
 
 
@@ -40,6 +41,7 @@ def _layout() -> tuple[Path, Path]:
                 "resync_interval": 2,
                 "drain_timeout": 0,
                 "l4": "on",
+                "vip_interface": AGENT_IFACE,  # not the topology's clb0: the agent owns what it holds
             }
         )
     )
@@ -74,6 +76,14 @@ def _document(base: Path, weights: tuple[int, int]) -> None:
     tmp.rename(base / "documents" / "lb.yaml")
 
 
+def _cleanup(base: Path) -> None:
+    """Leave the VM as the other kernel tests expect it: no agent nginx, service or interface."""
+    _stop_nginx(base)
+    sh(f"ipvsadm -D -t {VIP}:90", check=False)
+    sh(f"ip link del {AGENT_IFACE}", check=False)
+    shutil.rmtree(base, ignore_errors=True)
+
+
 def _stop_nginx(base: Path) -> None:
     pid = base / "state" / "nginx" / "run" / "nginx.pid"
     if pid.exists():
@@ -102,7 +112,7 @@ def test_apply_programs_vip_and_ipvs_and_a_killed_agent_flushes_nothing(topology
     try:
         _document(base, (10, 10))
         assert _apply_in_process(config) == ""
-        assert VIP in sh("ip -o addr show dev clb0")
+        assert VIP in sh(f"ip -o addr show dev {AGENT_IFACE}")
         assert any(":90 " in r or ":90" in r for r in ipvsadm_rules((VIP,)))
         assert set(spread(tcp_once, VIP, 90, 8)) == {"b1", "b2"}
         assert sh(f"ss -Htln src {VIP}").count(":8081") >= 1  # nginx bound the VIP
@@ -123,9 +133,7 @@ def test_apply_programs_vip_and_ipvs_and_a_killed_agent_flushes_nothing(topology
         assert set(spread(tcp_once, VIP, 90, 6)) == {"b1"}
         held.close()
     finally:
-        _stop_nginx(base)
-        sh(f"ipvsadm -D -t {VIP}:90", check=False)
-        shutil.rmtree(base, ignore_errors=True)
+        _cleanup(base)
 
 
 @pytest.mark.timeout(900)
@@ -150,6 +158,4 @@ def test_run_restores_a_service_deleted_by_hand(topology: None) -> None:
     finally:
         if agent is not None and agent.poll() is None:
             agent.kill()
-        _stop_nginx(base)
-        sh(f"ipvsadm -D -t {VIP}:90", check=False)
-        shutil.rmtree(base, ignore_errors=True)
+        _cleanup(base)
