@@ -221,11 +221,11 @@ def format_status(status: dict[str, Any]) -> str:
     if last:
         lines.append(f"last      {last['result']}" + (f": {last['error']}" if last.get("error") else ""))
     lines.append("")
-    lines.append(f"{'LOAD BALANCER':32} {'RESULT':12} {'REVISION':12} {'GEN':>5}  ERRORS")
+    lines.append(f"{'LOAD BALANCER':32} {'RESULT':12} {'REVISION':16} {'GEN':>5}  ERRORS")
     for lb_id, lb in sorted(status["load_balancers"].items()):
         errors = lb.get("errors") or []
         lines.append(
-            f"{lb_id[:32]:32} {lb['result']:12} {lb.get('revision') or '-'!s:12} {lb.get('generation')!s:>5}  "
+            f"{lb_id[:32]:32} {lb['result']:12} {lb.get('revision') or '-'!s:16} {lb.get('generation')!s:>5}  "
             + (f"{errors[0]['code']}: {errors[0]['path']}: {errors[0]['message']}" if errors else "")
             + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
         )
