@@ -13,34 +13,15 @@ cd "$(dirname "$0")/.."
 root=$PWD
 [ $# -ge 1 ] || { echo "usage: $0 COMMAND" >&2; exit 2; }
 
-pick_kernel() {
-  local best="" v
-  for k in /boot/vmlinuz-*; do
-    v=${k#/boot/vmlinuz-}
-    if compgen -G "/usr/lib/modules/$v/kernel/net/netfilter/ipvs/ip_vs.ko*" >/dev/null; then
-      best=$k
-    fi
-  done
-  [ -n "$best" ] || { echo "vm: no /boot/vmlinuz-* with ip_vs modules (apt-get install linux-image-amd64)" >&2; exit 1; }
-  # /boot/vmlinuz-* sorts by version well enough for Debian's names; keep the last.
-  echo "$best"
-}
+# shellcheck source=scripts/vm-lib.sh
+. scripts/vm-lib.sh
 
 kernel=${CLB_VM_KERNEL:-$(pick_kernel)}
 [ -r "$kernel" ] || { echo "vm: cannot read $kernel" >&2; exit 1; }
 
-# KVM works when a guest kernel boots far enough to panic on a missing root within a few seconds;
-# a hanging /dev/kvm gets killed by the timeout and we fall back to software emulation.
-kvm_works() {
-  [ -w /dev/kvm ] || return 1
-  timeout 8 qemu-system-x86_64 -accel kvm -m 256 -nographic -no-reboot -kernel "$kernel" \
-    -append "console=ttyS0 panic=-1 root=/dev/nonexistent" </dev/null 2>/dev/null |
-    grep -q -m1 -E "Kernel panic|VFS: Unable to mount"
-}
-
 accel=${CLB_VM_ACCEL:-auto}
 if [ "$accel" = auto ]; then
-  if kvm_works; then accel=kvm; else accel=tcg; fi
+  if kvm_works "$kernel"; then accel=kvm; else accel=tcg; fi
 fi
 kvm_flag=()
 [ "$accel" = kvm ] || kvm_flag=(--disable-kvm)
