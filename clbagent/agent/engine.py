@@ -171,7 +171,6 @@ class Engine:
 
         t = time.perf_counter()
         compiled = self._compile(effective, full) if (bad or failed_files) else self._compile_state(new, self.desired)
-        report.timings["compile"] = time.perf_counter() - t
 
         served_sources = dict(effective)
         self._note_quarantine(report, new, docs, bad, load_issues, failed_files)
@@ -190,6 +189,7 @@ class Engine:
 
         vips = self._vips(compiled.state)
         vip_errors = prepare_vips(vips, self.config.vip_interface, self.l4.available)
+        report.timings["compile"] = time.perf_counter() - t  # units, file set, IPVS plan, VIPs
         staged = None
         differing = _differing(files, good_files)
         # Members, weights and down marks only: the data files change, nginx.conf and the includes
