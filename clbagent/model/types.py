@@ -96,5 +96,12 @@ def _unscoped(net: IPv4Network | IPv6Network) -> IPv4Network | IPv6Network:
     return net
 
 
-Unicast = Annotated[IPv4Address | IPv6Address, AfterValidator(_unicast)]
-Network = Annotated[IPv4Network | IPv6Network, AfterValidator(_unscoped)]
+def _written_as_text(value: Any) -> Any:
+    """An address is text: a bare number (or a boolean) would be read as a packed address."""
+    if isinstance(value, int | float):
+        raise fail(Code.INVALID_VALUE, "an address is written as text, e.g. \"10.0.0.1\" or \"fd00::1\"")
+    return value
+
+
+Unicast = Annotated[IPv4Address | IPv6Address, BeforeValidator(_written_as_text), AfterValidator(_unicast)]
+Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_written_as_text), AfterValidator(_unscoped)]

@@ -266,9 +266,13 @@ def test_target_changes_reach_nginx_without_a_reload(host, backends):
             host.write("a.yaml", http_lb("lb-a", VIP_A, targets))
             report = host.apply_once(engine)
             assert report.result == "applied" and not report.reloaded and "send" in report.timings, report
-            seen = answered()
+            reweighted = expected == {"b1", "b2"}
+            seen = answered(160 if reweighted else 40)
             assert set(seen) == expected, seen
-            if expected == {"b1", "b2"}:
-                assert 8 <= seen["b1"] <= 12, seen  # 1:3, smooth weighted round robin per worker
+            if reweighted:
+                # 1:3 → 40 of 160. Each worker runs its own smooth weighted round robin and the
+                # background load takes turns from the same sequences, so this sample is only
+                # close to 1:3; 15–35 % still tells 1:3 from 1:1 (50 %) and from weights ignored.
+                assert 24 <= seen["b1"] <= 56, seen
     assert worker_pids(host) == workers
     assert load.failed == 0, load.errors[:5]
