@@ -6,11 +6,36 @@ number of series is bounded by the configuration.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from clbagent.agent.engine import ApplyReport
+
+HEALTH_STATES = ("Alive", "Dead", "Unknown")
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+HEALTH_LABELS = ("load_balancer", "listener", "rule", "target")
+
+
+class TargetHealthCollector(Collector):
+    """Reads the health monitor's view at scrape time, so the gauge is never stale or leaked."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[dict]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "clbagent_target_health",
+            "1 for the health state a target is in now (one series per state)",
+            labels=[*HEALTH_LABELS, "state"],
+        )
+        for row in self.snapshot():
+            ids = [str(row[k]) for k in HEALTH_LABELS]
+            for state in HEALTH_STATES:
+                family.add_metric([*ids, state], 1.0 if row["state"] == state else 0.0)
+        yield family
 
 
 class AgentMetrics:
@@ -38,6 +63,22 @@ class AgentMetrics:
         self.load_balancers = Gauge("clbagent_load_balancers", "Load balancers being served", registry=r)
         self.draining = Gauge("clbagent_nginx_draining_workers", "Old nginx workers still draining", registry=r)
         self.nginx_up = Gauge("clbagent_nginx_up", "1 when the nginx master is running", registry=r)
+        self.probes = Counter(
+            "clbagent_health_probes", "Health probes by kind and result (ok|failed)", ["kind", "result"], registry=r
+        )
+        self.probe_duration = Histogram(
+            "clbagent_health_probe_duration_seconds",
+            "Time of one health probe",
+            ["kind"],
+            buckets=PROBE_BUCKETS,
+            registry=r,
+        )
+        self.transitions = Counter(
+            "clbagent_health_transitions",
+            "Targets entering a health state (Alive|Dead|Unknown)",
+            ["load_balancer", "listener", "target", "state"],
+            registry=r,
+        )
 
     def observe(self, report: ApplyReport, seconds: float, served: int) -> None:
         self.applies.labels(report.result).inc()
@@ -56,6 +97,28 @@ class AgentMetrics:
         """Gauges read from the running nginx at scrape time."""
         self.draining.set_function(lambda: len(workers()[1]))
         self.nginx_up.set_function(lambda: 1 if workers()[0] else 0)
+
+    def observe_probe(self, kind: str, ok: bool, seconds: float) -> None:
+        """One health probe of `kind` (tcp, http, udp, ...) finished after `seconds`."""
+        self.probes.labels(kind, "ok" if ok else "failed").inc()
+        self.probe_duration.labels(kind).observe(seconds)
+
+    def observe_transition(self, load_balancer: str, listener: str, target: str, state: str) -> None:
+        """A target (`ip:port`) of a listener entered `state` (Alive, Dead or Unknown)."""
+        self.transitions.labels(load_balancer, listener, target, state).inc()
+
+    def watch_health(self, snapshot: Callable[[], Iterable[dict]]) -> None:
+        """Publish `clbagent_target_health` from `snapshot()`, called at every scrape.
+
+        Each dict describes one target of one rule: `load_balancer`, `listener`, `rule` (the
+        LocationId of an L7 rule, "" for an L4 listener) and `target` ("ip:port") are
+        configuration IDs; `state` is "Alive", "Dead" or "Unknown". Extra keys are ignored.
+        """
+        self.registry.register(TargetHealthCollector(snapshot))
+
+    def add_collector(self, collector: Collector) -> None:
+        """Register a custom collector (e.g. the IPVS statistics) read at scrape time."""
+        self.registry.register(collector)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
