@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from clbagent.nginx import metrics_channel as metrics
+
 SOCKET = "run/ctl.sock"  # relative to the prefix
 DATA_DIR = "upstreams"  # relative to the directory of nginx.conf: one <LoadBalancerId>.json each
 BATCH_BYTES = 256 * 1024  # one PUT stays well under the channel's client_max_body_size
@@ -104,19 +106,23 @@ def main_directives(modules: Path = NGINX_MODULES) -> str:
     return f"load_module {m}/ndk_http_module.so;\nload_module {m}/ngx_http_lua_module.so;\n"
 
 
-def http_directives(data_dir: Path, dict_size: str, lua_dir: Path = LUA_DIR) -> str:
-    """http-context lines: where the Lua code is, the two shared dicts, loading every data file
-    of ``data_dir`` at start and reload, and the phases that set the cookie and give connections back."""
+def http_directives(data_dir: Path, dict_size: str, lua_dir: Path = LUA_DIR, *, count: bool = True) -> str:
+    """http-context lines: where the Lua code is, the shared dicts, loading every data file
+    of ``data_dir`` at start and reload, and the phases that set the cookie and give connections back.
+    ``count``: the log phase also counts the L7 metrics (docs/metrics.md)."""
     data, lua = _plain(data_dir), _plain(lua_dir)
     if not re.fullmatch(r"[1-9][0-9]{0,5}[km]", dict_size):
         raise ValueError(f"shared dict size {dict_size!r}: a number with k or m")
+    shm, load, worker, log = metrics.http_lines() if count else ("", "", "", "")
     return (
         f'    lua_package_path "{lua}/?.lua;;";\n'
         f"    lua_shared_dict clb_upstreams {dict_size};\n"
         "    lua_shared_dict clb_conns 4m;\n"
-        f'    init_by_lua_block {{ require("clb.init").load_dir("{data}") }}\n'
+        f"{shm}"
+        f'    init_by_lua_block {{ require("clb.init").load_dir("{data}") {load} }}\n'
+        f"{worker}"
         '    header_filter_by_lua_block { require("clb.balancer").header_filter() }\n'
-        '    log_by_lua_block { require("clb.balancer").log() }\n'
+        f'    log_by_lua_block {{ require("clb.balancer").log() {log} }}\n'
     )
 
 
@@ -143,6 +149,7 @@ def channel_server(prefix: Path) -> str:
         "        client_body_buffer_size 1m;\n"
         "        access_log off;\n"
         '        location / { content_by_lua_block { require("clb.channel").handle() } }\n'
+        f"{metrics.CHANNEL_LINES}"
         "    }\n"
     )
 

@@ -1,0 +1,91 @@
+"""The L7 counters nginx keeps in shared memory (``clbagent/lua/clb/metrics.lua``, docs/metrics.md).
+
+Every server and location the compiler writes sets ``SCOPE_VAR`` to a scope made of configuration
+IDs only, ``<LoadBalancerId>/<ListenerId>/<LocationId>/<domain>`` (the domain percent-encoded, so
+that a regex domain's ``$`` or ``"`` never reaches the nginx file as such); the Lua log phase
+counts each request under its scope and its backend member. The agent reads the counters over the
+control channel (``GET /metrics``) at scrape time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import httpx
+
+# Longer than 32 characters: no named capture of a user's regex can set it (see l7/names.py).
+SCOPE_VAR = "clb_scope_" + hashlib.sha256(b"metrics scope").hexdigest()[:32]
+SHARED_DICT = "clb_metrics"
+DICT_SIZE = "32m"  # a fixed size: a changed size would empty the counters at the next reload
+_DOMAIN_SAFE = "*._-"  # kept as they are (with letters and digits); everything else is %XX
+
+
+def scope(load_balancer: str, listener: str, rule: str, domain: str) -> str:
+    """The scope of one location (``rule`` = LocationId) or of a server's own answers (``rule`` "")."""
+    return f"{load_balancer}/{listener}/{rule}/{quote(domain, safe=_DOMAIN_SAFE)}"
+
+
+@dataclass(frozen=True)
+class Scope:
+    load_balancer: str
+    listener: str
+    rule: str
+    domain: str
+
+    @classmethod
+    def parse(cls, text: str) -> Scope | None:
+        parts = text.split("/")
+        if len(parts) != 4:
+            return None
+        return cls(parts[0], parts[1], parts[2], unquote(parts[3]))
+
+
+@dataclass(frozen=True)
+class Counters:
+    """One read of the shared dict: ``buckets`` (histogram upper bounds, seconds) and every counter
+    by its key (``<scope>\\t<field>`` or ``<scope>\\t<member>\\t<field>``)."""
+
+    buckets: tuple[float, ...]
+    values: dict[str, float]
+
+
+class MetricsUnavailableError(Exception):
+    """nginx did not answer the counters (not running, no Lua module, a failed request)."""
+
+
+def read_counters(socket_path: Path, timeout: float = 2.0) -> Counters:
+    """``GET /metrics`` on the control channel (``<prefix>/run/ctl.sock``): plain HTTP over a unix
+    socket, no TLS context (building one costs ~0.1 s per scrape)."""
+    transport = httpx.HTTPTransport(uds=str(socket_path), verify=False)
+    try:
+        with httpx.Client(transport=transport, base_url="http://nginx", timeout=timeout, verify=False) as http:
+            resp = http.get("/metrics")
+        data = resp.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise MetricsUnavailableError(f"nginx control channel: {e}") from e
+    if resp.status_code != 200:
+        raise MetricsUnavailableError(f"nginx control channel: {resp.status_code} {data.get('error', '')}")
+    values = data.get("counters") or {}  # cjson writes an empty table as {}
+    return Counters(tuple(data.get("buckets") or ()), values)
+
+
+def http_lines() -> tuple[str, str, str, str]:
+    """The http-level pieces of counting: the dict, the module loaded in the master, the flush
+    timer of each worker, and the log-phase call."""
+    return (
+        f"    lua_shared_dict {SHARED_DICT} {DICT_SIZE};\n",
+        'require("clb.metrics")',
+        '    init_worker_by_lua_block { require("clb.metrics").start() }\n',
+        f'require("clb.metrics").log("{SCOPE_VAR}")',
+    )
+
+
+# The channel's server: the counters, and a scope of its own (empty: not counted; set, so that
+# nginx never warns of an uninitialized variable in the log phase).
+CHANNEL_LINES = (
+    f'        set ${SCOPE_VAR} "";\n'
+    '        location = /metrics { content_by_lua_block { require("clb.metrics").dump() } }\n'
+)
