@@ -1,0 +1,158 @@
+"""The TCP check as the product describes it: a SYN to the check port, alive when a SYN-ACK comes
+back (R55). The SYN goes out on a raw socket; the kernel answers the SYN-ACK with a RST by itself
+(no socket of ours owns the source port), so the target never sees a connection: one packet each
+way, no descriptor, no handshake per probe.
+
+IPv4 only and root only (raw sockets); everything else uses the connect() prober.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import os
+import random
+import socket
+import struct
+
+from clbagent.health.probe import Done, late
+from clbagent.health.spec import Check
+
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+SYN, RST, ACK = 0x02, 0x04, 0x10
+_Pending = tuple[Done, asyncio.TimerHandle, float]
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of an even-length buffer."""
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def syn_segment(src: bytes, dst: bytes, sport: int, dport: int, seq: int) -> bytes:
+    """A 20-byte TCP SYN with its checksum over the IPv4 pseudo-header."""
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, SYN, 1024, 0, 0)
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(header))
+    return header[:16] + struct.pack("!H", checksum(pseudo + header)) + header[18:]
+
+
+def port_filter(port: int) -> bytes:
+    """A classic BPF program for an IPv4 raw socket: keep only segments to ``port``."""
+    code = [
+        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): the IP header length
+        (0x48, 0, 0, 2),  # ldh [x+2]: the TCP destination port
+        (0x15, 0, 1, port),  # jeq #port
+        (0x06, 0, 0, 0xFFFF),  # ret: keep
+        (0x06, 0, 0, 0),  # ret: drop
+    ]
+    return b"".join(struct.pack("HBBI", *c) for c in code)
+
+
+class SynProber:
+    """Half-open probes over one receiving raw socket and one sending raw socket per source."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        # Hold a port no socket listens or connects on: SYN-ACKs to it get the kernel's RST.
+        self._hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._hold.bind(("0.0.0.0", 0))
+        self.port = self._hold.getsockname()[1]
+        self._rx = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
+        program = ctypes.create_string_buffer(port_filter(self.port))
+        fprog = struct.pack("HL", len(program.raw) // 8, ctypes.addressof(program))
+        self._rx.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        self._rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
+        self._drain(keep=False)  # what arrived before the filter
+        self._tx: dict[str | None, socket.socket] = {}
+        self._routes: dict[str, bytes] = {}
+        self._pending: dict[tuple[bytes, int, int], _Pending] = {}
+        loop.add_reader(self._rx.fileno(), self._drain)
+
+    def probe(self, check: Check, source: str | None, done: Done) -> bool:
+        dst = socket.inet_aton(check.address)
+        src = socket.inet_aton(source) if source else self._route(check.address)
+        seq = random.getrandbits(32)
+        try:
+            sock = self._tx.get(source) or self._sender(source)
+            sock.sendto(syn_segment(src, dst, self.port, check.port, seq), (check.address, 0))
+        except (BlockingIOError, InterruptedError):
+            return False  # the send queue is full: sent later, not failed
+        except OSError as exc:
+            if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
+                return False
+            self.loop.call_soon(done, False, exc.strerror or str(exc))
+            return True
+        key = (dst, check.port, (seq + 1) & 0xFFFFFFFF)
+        deadline = self.loop.time() + check.timeout
+        self._pending[key] = (done, self.loop.call_at(deadline, self._timeout, key, check.timeout), deadline)
+        return True
+
+    def _sender(self, source: str | None) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
+        if source:
+            sock.bind((source, 0))
+        self._tx[source] = sock
+        return sock
+
+    def _route(self, address: str) -> bytes:
+        """The source address the kernel picks towards ``address`` (what a raw send will carry)."""
+        src = self._routes.get(address)
+        if src is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect((address, 9))
+                src = socket.inet_aton(probe.getsockname()[0])
+            self._routes[address] = src
+        return src
+
+    def _drain(self, keep: bool = True) -> None:
+        """Read every queued segment; a SYN-ACK answers a probe, a RST refuses it."""
+        while True:
+            try:
+                packet = self._rx.recv(128)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not keep or len(packet) < 20:
+                continue
+            ihl = (packet[0] & 0x0F) * 4
+            if len(packet) < ihl + 14:
+                continue
+            sport, _, _, ack, _, flags = struct.unpack_from("!HHIIBB", packet, ihl)
+            pending = self._pending.pop((packet[12:16], sport, ack), None)
+            if pending is None:
+                continue
+            pending[1].cancel()
+            if flags & SYN and flags & ACK:
+                pending[0](True, "")
+            elif flags & RST:
+                pending[0](False, os.strerror(errno.ECONNREFUSED))
+
+    def _timeout(self, key: tuple[bytes, int, int], seconds: float) -> None:
+        self._drain()  # a SYN-ACK the loop had no time to read is an answer
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending[0](None if late(self.loop, pending[2]) else False, f"no SYN-ACK within {seconds:g}s")
+
+    def forget_routes(self) -> None:
+        self._routes.clear()
+
+    def close(self) -> None:
+        self.loop.remove_reader(self._rx.fileno())
+        for handle in self._pending.values():
+            handle[1].cancel()
+        self._pending.clear()
+        for sock in (self._rx, self._hold, *self._tx.values()):
+            sock.close()
+        self._tx.clear()
+
+
+def raw_allowed() -> bool:
+    """Whether this process may open raw sockets (root or CAP_NET_RAW)."""
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).close()
+    except PermissionError:
+        return False
+    return True
