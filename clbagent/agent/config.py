@@ -3,16 +3,19 @@ must know; every other key has a default that ``clbagent config --defaults`` pri
 
 from __future__ import annotations
 
+import re
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clbagent.settings import load_yaml_model
 
 DEFAULT_CONFIG = Path("/etc/clbagent/agent.yaml")
+_ENDPOINT = re.compile(r"unix://\S+|(https?://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}")
+_AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,49 @@ class AgentConfig(BaseModel):
     l4: Literal["auto", "on", "off"] = Field("auto", description="IPVS for TCP/UDP; auto = when ip_vs is loadable")
     vip_interface: str = Field("clb0", description="dummy interface that holds the VIPs")
     drain_timeout: float = Field(300.0, ge=0, description="seconds a removed L4 target drains before deletion")
+    source: Literal["files", "etcd"] = Field("files", description="desired state from `documents` or from etcd")
+    etcd_endpoints: list[str] = Field(
+        ["127.0.0.1:2379"], min_length=1, description="etcd: host:port, https://host:port or unix:///path, in turn"
+    )
+    etcd_prefix: str = Field("/clb/desired/", description="etcd: the desired-state documents are the keys under this")
+    etcd_status_prefix: str = Field("/clb/status/", description="etcd: where each agent writes its results")
+    etcd_ca_file: Path | None = Field(None, description="etcd: CA bundle that signs the server (TLS)")
+    etcd_cert_file: Path | None = Field(None, description="etcd: client certificate (TLS, with etcd_key_file)")
+    etcd_key_file: Path | None = Field(None, description="etcd: client private key")
+    etcd_lease_ttl: int = Field(15, ge=5, le=3600, description="etcd: seconds a silent agent's status outlives it")
+    etcd_timeout: float = Field(5.0, gt=0, description="etcd: seconds one request may take")
+    agent_name: str = Field("", description="this host in the status keys ('' = the host name)")
+
+    @field_validator("etcd_endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            if not _ENDPOINT.fullmatch(endpoint):
+                raise ValueError(f"{endpoint!r} is not host:port, http(s)://host:port or unix:///path")
+        return value
+
+    @field_validator("etcd_prefix", "etcd_status_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.strip("/") or not value.isprintable():
+            raise ValueError("must be a printable key prefix such as /clb/desired/")
+        return value if value.endswith("/") else f"{value}/"
+
+    @field_validator("agent_name")
+    @classmethod
+    def _agent_name(cls, value: str) -> str:
+        if value and not _AGENT_NAME.fullmatch(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _etcd_consistent(self) -> AgentConfig:
+        a, b = self.etcd_prefix, self.etcd_status_prefix
+        if a.startswith(b) or b.startswith(a):
+            raise ValueError("etcd_prefix and etcd_status_prefix must not contain one another")
+        if (self.etcd_cert_file is None) != (self.etcd_key_file is None):
+            raise ValueError("etcd_cert_file and etcd_key_file go together")
+        return self
 
     @field_validator("metrics_address")
     @classmethod
@@ -89,7 +135,16 @@ class AgentConfig(BaseModel):
         return config.model_copy(
             update={
                 name: base / value
-                for name in ("documents", "state_dir", "cert_dir", "settings", "status_socket")
+                for name in (
+                    "documents",
+                    "state_dir",
+                    "cert_dir",
+                    "settings",
+                    "status_socket",
+                    "etcd_ca_file",
+                    "etcd_cert_file",
+                    "etcd_key_file",
+                )
                 if isinstance(value := getattr(config, name), Path) and not value.is_absolute()
             }
         )
