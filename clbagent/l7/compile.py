@@ -17,6 +17,7 @@ from pathlib import Path
 from clbagent.errors import Code, Issue
 from clbagent.model import LoadBalancer
 from clbagent.nginx import upstreams_channel as channel
+from clbagent.nginx.metrics_channel import SCOPE_VAR
 from clbagent.validate import DesiredState
 from clbagent.validate.catalog import Catalog
 
@@ -181,6 +182,7 @@ def compile_lb(
         upstreams=upstreams,
         balancers=balancers,
         servers=servers,
+        scope_var=SCOPE_VAR,
     )
     return text, ctx.files, ctx.warnings
 

@@ -17,6 +17,7 @@ from ipaddress import IPv6Address
 from clbagent.errors import Code, Issue
 from clbagent.model import Listener, LoadBalancer, Rule
 from clbagent.model.syntax import Url
+from clbagent.nginx.metrics_channel import scope
 from clbagent.personalized_config import Directive
 from clbagent.validate.catalog import Catalog
 
@@ -45,6 +46,10 @@ class LbContext:
     geos: list[MapBlock] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[Issue] = field(default_factory=list)
+
+    def scope(self, listener: str, rule: str = "", domain: str = "") -> str | None:
+        """The metrics scope of a server or location; None without the Lua module (nothing counts)."""
+        return scope(self.lb.id, listener, rule, domain) if self.dynamic else None
 
     def warn(self, path: str, code: Code, message: str) -> None:
         issue = Issue(f"{self.lb.id}/{path}", code, message, "warning")
@@ -95,7 +100,8 @@ def _access(ctx: LbContext, lis: Listener) -> str | None:
 def _location(ctx: LbContext, lis: Listener, rule: Rule, url: Url) -> Location:
     if url.kind == "prefix" and not url.pattern.startswith("/"):
         raise ValueError(f"prefix location {url.pattern!r} must start with '/'")
-    loc = Location(url.modifier, url.pattern, comment=rule.id, gzip_off=not rule.http_gzip)
+    scope = ctx.scope(lis.id, rule.id, rule.domain)
+    loc = Location(url.modifier, url.pattern, comment=rule.id, gzip_off=not rule.http_gzip, scope=scope)
     redirect = ctx.manual.get(rule.id)
     pers = ctx.personalized
     if redirect is not None:
@@ -164,6 +170,7 @@ def listener_servers(ctx: LbContext, lis: Listener, auto: list[AutoRedirect]) ->
                 _listens(lb, lis.port, True, https, http2),
                 reject_handshake=https,
                 returns=("444",),
+                scope=ctx.scope(lis.id),
             )
         )
     deny_var = _access(ctx, lis)
@@ -175,6 +182,7 @@ def listener_servers(ctx: LbContext, lis: Listener, auto: list[AutoRedirect]) ->
             [domain],
             deny_var=deny_var,
             directives=directives,
+            scope=ctx.scope(lis.id, "", domain),
         )
         if https:
             server.tls = _tls(ctx, lis, group, policy)
@@ -187,8 +195,10 @@ def listener_servers(ctx: LbContext, lis: Listener, auto: list[AutoRedirect]) ->
     return out
 
 
-def redirect_servers(ctx: LbContext, port: int, auto: list[AutoRedirect], owner: str) -> list[ServerBlock]:
-    """Servers of the HTTP:80 side of auto-redirects, one per domain."""
+def redirect_servers(ctx: LbContext, port: int, auto: list[AutoRedirect], listener: str = "") -> list[ServerBlock]:
+    """Servers of the HTTP:80 side of auto-redirects, one per domain (``listener``: the HTTP:80
+    listener's ID, "" for one created for the redirects)."""
+    owner = listener or "auto-created HTTP:80"
     out = []
     for redirect in auto:
         loc = Location("", "/", "auto redirect to HTTPS:443", returns=auto_location(redirect))
@@ -198,6 +208,7 @@ def redirect_servers(ctx: LbContext, port: int, auto: list[AutoRedirect], owner:
                 _listens(ctx.lb, port, False),
                 [redirect.domain],
                 locations=[loc],
+                scope=ctx.scope(listener, "", redirect.domain),
             )
         )
     return out
@@ -206,6 +217,9 @@ def redirect_servers(ctx: LbContext, port: int, auto: list[AutoRedirect], owner:
 def auto_listener_servers(ctx: LbContext, auto: list[AutoRedirect]) -> list[ServerBlock]:
     """An HTTP:80 listener created for auto-redirects: refusing default plus one server per domain."""
     refuse = ServerBlock(
-        "auto-created HTTP:80 listener: unmatched hosts are refused", _listens(ctx.lb, 80, True), returns=("444",)
+        "auto-created HTTP:80 listener: unmatched hosts are refused",
+        _listens(ctx.lb, 80, True),
+        returns=("444",),
+        scope=ctx.scope(""),
     )
-    return [refuse, *redirect_servers(ctx, 80, auto, "auto-created HTTP:80")]
+    return [refuse, *redirect_servers(ctx, 80, auto)]

@@ -20,6 +20,7 @@ class Location:
     gzip_off: bool = False
     proxy_headers: list[tuple[str, str]] | None = None
     add_headers: list[tuple[str, str, bool]] = field(default_factory=list)
+    scope: str | None = None  # metrics scope of the rule (configuration IDs, docs/metrics.md)
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,4 @@ class ServerBlock:
     directives: list[Directive] = field(default_factory=list)
     locations: list[Location] = field(default_factory=list)
     returns: tuple[str, ...] = ()  # server-level return (refusing default server)
+    scope: str | None = None  # metrics scope of the server's own answers (docs/metrics.md)
