@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from clbagent.agent.metrics import AgentMetrics
 from clbagent.agent.source import FileSource
 from clbagent.agent.status import serve
 from clbagent.agent.systemd import notify, watchdog_interval
+from clbagent.nginx.metrics_channel import Counters, read_counters
+from clbagent.nginx.upstreams_channel import SOCKET
 from clbagent.settings import SettingsError
 
 
@@ -60,6 +63,7 @@ class Agent:
             endpoint = self.config.metrics_endpoint
             if endpoint is not None:
                 self.metrics.watch_nginx(self.engine.nginx.workers)
+                self.metrics.watch_l7(self._l7_counters(), lambda: set(self.engine.good_units))
                 self.metrics.serve(*endpoint)
             server = await serve(self.config.status_socket, self.snapshot)
             for sig, handler in ((signal.SIGTERM, self._stop.set), (signal.SIGINT, self._stop.set)):
@@ -85,6 +89,13 @@ class Agent:
         finally:
             self.engine.l4.close()
             self.engine.store.unlock()
+
+    def _l7_counters(self) -> Callable[[], Counters] | None:
+        """What reads nginx's L7 counters at scrape time; None when nginx runs without Lua."""
+        if not self.engine.dynamic:
+            return None
+        ctl = self.config.nginx_root / SOCKET
+        return lambda: read_counters(ctl)
 
     def mark(self, reason: str) -> None:
         now = time.monotonic()

@@ -13,6 +13,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from clbagent.agent.engine import ApplyReport
+from clbagent.agent.l7_metrics import L4Totals, L7Collector
+from clbagent.nginx.metrics_channel import Counters
 
 HEALTH_STATES = ("Alive", "Dead", "Unknown")
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -63,6 +65,7 @@ class AgentMetrics:
         self.load_balancers = Gauge("clbagent_load_balancers", "Load balancers being served", registry=r)
         self.draining = Gauge("clbagent_nginx_draining_workers", "Old nginx workers still draining", registry=r)
         self.nginx_up = Gauge("clbagent_nginx_up", "1 when the nginx master is running", registry=r)
+        self.l4_totals: L4Totals | None = None
         self.probes = Counter(
             "clbagent_health_probes", "Health probes by kind and result (ok|failed)", ["kind", "result"], registry=r
         )
@@ -117,8 +120,18 @@ class AgentMetrics:
         self.registry.register(TargetHealthCollector(snapshot))
 
     def add_collector(self, collector: Collector) -> None:
-        """Register a custom collector (e.g. the IPVS statistics) read at scrape time."""
+        """Register a custom collector read at scrape time. One with an ``l4_totals()`` method (the
+        IPVS collector: per load balancer ``bytes_in``, ``bytes_out``, ``packets_in``,
+        ``packets_out``) also feeds the instance totals of ``watch_l7``."""
         self.registry.register(collector)
+        totals = getattr(collector, "l4_totals", None)
+        if callable(totals):
+            self.l4_totals = totals
+
+    def watch_l7(self, read: Callable[[], Counters] | None, served: Callable[[], set[str]]) -> None:
+        """The L7 families from nginx's counters (``read`` None: static mode, nothing counted) of
+        the load balancers ``served()`` names, and the instance totals (docs/metrics.md)."""
+        self.registry.register(L7Collector(read, served, lambda: self.l4_totals() if self.l4_totals else {}))
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
