@@ -22,6 +22,7 @@ from typing import Any
 
 from clbagent.agent.config import AgentConfig, ConfigError
 from clbagent.agent.engine import ApplyReport, Engine
+from clbagent.agent.l4_metrics import L4Collector
 from clbagent.agent.metrics import AgentMetrics
 from clbagent.agent.source import FileSource
 from clbagent.agent.status import serve
@@ -64,6 +65,7 @@ class Agent:
             if endpoint is not None:
                 self.metrics.watch_nginx(self.engine.nginx.workers)
                 self.metrics.watch_l7(self._l7_counters(), lambda: set(self.engine.good_units))
+                self.metrics.add_collector(L4Collector.of(self.engine.l4))
                 self.metrics.serve(*endpoint)
             server = await serve(self.config.status_socket, self.snapshot)
             for sig, handler in ((signal.SIGTERM, self._stop.set), (signal.SIGINT, self._stop.set)):

@@ -6,11 +6,19 @@ part is reported as unavailable, per load balancer, with the reason, never as a 
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from clbagent.agent.config import AgentConfig
 from clbagent.agent.vips import is_local
-from clbagent.l4 import IpvsPlan
+from clbagent.l4 import IpvsPlan, ServiceKey
+
+if TYPE_CHECKING:
+    from clbagent.l4.kernel import IpvsKernel
+    from clbagent.l4.stats import ServiceStats
 
 
 @dataclass
@@ -26,6 +34,10 @@ class L4Plane:
         self._applier = None
         self.unavailable = "" if config.l4 != "off" else "IPVS is switched off in the agent config (l4: off)"
         self._tried = config.l4 == "off"
+        self._last_full = -math.inf  # when a pass last compared with a dump of the kernel table
+        self.plan = IpvsPlan()  # the plan the kernel was last brought to (what metrics map back to)
+        self._stats_channel: IpvsKernel | None = None
+        self._stats_lock = threading.Lock()
 
     @property
     def available(self) -> bool:
@@ -45,10 +57,35 @@ class L4Plane:
                 return L4Result(error=self.unavailable)
             return L4Result()
         vips = plan.vips | {v for v in l7_vips if not is_local(v, self.config.vip_interface)}
-        report = self._applier.apply(replace(plan, vips=frozenset(vips)))
+        applied = replace(plan, vips=frozenset(vips))
+        # Applies diff against the view of the kernel the agent keeps; at least once per resync
+        # interval a pass compares with a dump instead, so that hand changes are repaired.
+        now = time.monotonic()
+        report = self._applier.apply(applied, full=now - self._last_full >= self.config.resync_interval)
+        if report.full:
+            self._last_full = now
         if not report.ok:
             return L4Result(error="; ".join(report.errors()))
+        self.plan = applied
         return L4Result(operations=len(report.ops), draining=report.draining)
+
+    def stats(self) -> dict[ServiceKey, ServiceStats]:
+        """The kernel's counters of the applied plan's services, read on a channel of their own
+        (a scrape runs in another thread than the applies)."""
+        if not self.available or not self.plan.services:
+            return {}
+        from clbagent.l4.kernel import IpvsKernel
+        from clbagent.l4.stats import read_stats
+
+        with self._stats_lock:
+            if self._stats_channel is None:
+                self._stats_channel = IpvsKernel(load=False)
+            try:
+                return read_stats(self._stats_channel, self.plan.vips)
+            except OSError:
+                self._stats_channel.close()
+                self._stats_channel = None
+                raise
 
     def notes(self, plan: IpvsPlan) -> dict[str, str]:
         """Per load balancer with TCP/UDP listeners: why they are not programmed, if they are not."""
@@ -69,6 +106,10 @@ class L4Plane:
     def close(self) -> None:
         if self._applier is not None:
             self._applier.close()
+        with self._stats_lock:
+            if self._stats_channel is not None:
+                self._stats_channel.close()
+                self._stats_channel = None
 
 
 def _reason(exc: Exception) -> str:

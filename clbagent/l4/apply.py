@@ -26,11 +26,11 @@ class L4Applier:
         host.configure_ipvs(self.kernel, sync)
         self.reconciler = Reconciler(self.kernel, drain_timeout)
 
-    def apply(self, plan: IpvsPlan) -> PassReport:
+    def apply(self, plan: IpvsPlan, full: bool = False) -> PassReport:
         """New VIPs go up before their services; VIPs that left go down only once their services
-        are gone (a draining service keeps its VIP)."""
+        are gone (a draining service keeps its VIP). ``full`` dumps the kernel table (repair)."""
         host.sync_vips(plan.vips, self.ifname, remove=False)
-        report = self.reconciler.run(plan, host.vips_on(self.ifname))
+        report = self.reconciler.run(plan, host.vips_on(self.ifname), full)
         if report.ok and report.draining == 0:
             host.sync_vips(plan.vips, self.ifname, remove=True)
         return report

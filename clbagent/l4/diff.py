@@ -7,8 +7,8 @@ Rules:
   then is anything drained or deleted (new backends before old ones go).
 - A destination that left the plan drains: weight 0 first, deleted once its active + inactive
   connections reach 0 or ``drain_timeout`` has passed since draining began. With
-  ``DeregisterTargetRst`` it is deleted at once. A service that left the plan drains the same way
-  and is deleted with its last destination.
+  ``DeregisterTargetRst`` it is deleted at once, and so is an evicted one (a dead UDP target). A
+  service that left the plan drains the same way and is deleted with its last destination.
 - Every operation carries its inverse, so that a failed pass can be undone.
 """
 
@@ -132,14 +132,15 @@ def _drain(
     now: float,
     draining: dict[DrainKey, float],
     drain_timeout: float,
-    rst: bool,
+    at_once: str = "",
 ) -> tuple[Op | None, bool]:
-    """Returns (op, gone): the op for a destination leaving the plan, and whether it is deleted."""
+    """Returns (op, gone): the op for a destination leaving the plan, and whether it is deleted.
+    ``at_once`` is the reason to delete it without draining ('' = drain)."""
     key = (svc.key, kd.address, kd.port)
     since = draining.setdefault(key, now)
-    if rst or kd.connections == 0 or now - since >= drain_timeout:
+    if at_once or kd.connections == 0 or now - since >= drain_timeout:
         draining.pop(key, None)
-        why = "deregistered with reset" if rst else ("drained" if kd.connections == 0 else "drain timeout")
+        why = at_once or ("drained" if kd.connections == 0 else "drain timeout")
         return Op("del_dest", svc, kd.dest, why), True
     if kd.weight != 0:
         return Op("set_dest", svc, replace(kd.dest, weight=0), "drain"), False
@@ -187,9 +188,13 @@ def diff(
                 changes.append(Op("set_dest", want, d, "changed"))
         if len(have.dests) == len(wanted_dests) and all(k in wanted_dests for k in have.dests):
             continue
+        evicted = {d.key for d in want.evicted}
         for dkey, kd in sorted(have.dests.items()):
             if dkey not in wanted_dests:
-                op, gone = _drain(want, kd, now, drains, drain_timeout, want.deregister_rst)
+                at_once = "target down" if dkey in evicted else ""
+                if want.deregister_rst:
+                    at_once = "deregistered with reset"
+                op, gone = _drain(want, kd, now, drains, drain_timeout, at_once)
                 waiting += not gone
                 if op is not None:
                     removals.append(op)
@@ -201,7 +206,7 @@ def diff(
         ops_here: list[Op] = []
         left = 0
         for _dkey, kd in sorted(have.dests.items()):
-            op, gone = _drain(svc, kd, now, drains, drain_timeout, rst)
+            op, gone = _drain(svc, kd, now, drains, drain_timeout, "deregistered with reset" if rst else "")
             left += not gone
             if op is not None:
                 ops_here.append(op)
@@ -213,3 +218,24 @@ def diff(
         live = {(k, d.address, d.port) for k, s in kernel.items() for d in s.dests.values()}
         drains = {k: v for k, v in drains.items() if k in live}
     return Diff(adds + changes + removals, drains, waiting)
+
+
+def record(view: dict[ServiceKey, KernelService], ops: list[Op]) -> None:
+    """Bring a kernel view up to date with operations the kernel acknowledged, so that the next
+    pass can diff against it without dumping the table again. Connection counters of a changed
+    destination are kept as last read (only draining destinations need fresh ones)."""
+    for op in ops:
+        key = op.service.key
+        if op.kind == "del_service":
+            view.pop(key, None)
+        elif op.dest is None:
+            old = view.get(key)
+            dests = old.dests if old is not None and op.kind == "set_service" else {}
+            view[key] = KernelService(key, op.service.scheduler, op.service.persistence, dests)
+        elif (svc := view.get(key)) is not None:
+            if op.kind == "del_dest":
+                svc.dests.pop(op.dest.key, None)
+            else:
+                old_dest = svc.dests.get(op.dest.key)
+                active, inactive = (old_dest.active, old_dest.inactive) if old_dest is not None else (0, 0)
+                svc.dests[op.dest.key] = KernelDest.of(op.dest, active, inactive)

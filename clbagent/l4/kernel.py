@@ -84,7 +84,8 @@ def ipvs_family_id() -> int:
 
 
 class IpvsKernel:
-    """A netlink channel to IPVS. ``messages`` counts the operations sent (not dumps)."""
+    """A netlink channel to IPVS. ``messages`` counts the operations sent, ``dumps`` the table
+    dumps (what an incremental pass avoids)."""
 
     def __init__(self, load: bool = True):
         if load:
@@ -103,6 +104,7 @@ class IpvsKernel:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.seq = 0
         self.messages = 0
+        self.dumps = 0
         self._buf = bytearray(1 << 20)
         self._view = memoryview(self._buf)
         self._decode_dest = codec.DestDecoder()
@@ -146,6 +148,10 @@ class IpvsKernel:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    def replies(self, cmd: int, attrs: bytes, what: str) -> list[memoryview]:
+        """The reply payloads of one dump request (for readers with their own decoding)."""
+        return self._request(cmd, attrs, what, dump=True)
+
     def dump(self, only: frozenset[str] | None = None) -> dict[ServiceKey, KernelService]:
         """The kernel's table: every TCP/UDP service by address (or only those on ``only`` VIPs),
         with destinations and connection counters. fwmark and other services are not returned."""
@@ -155,6 +161,19 @@ class IpvsKernel:
             if key is None or (only is not None and key.address not in only):
                 continue
             table[key] = KernelService(key, sched, persistence, {})
+        self._read_dests(table)
+        self.dumps += 1
+        return table
+
+    def refresh(self, services: Iterable[KernelService]) -> dict[ServiceKey, KernelService]:
+        """These services with their destinations and counters read again (one request per
+        service; scheduler and persistence as given). The kernel answers a service it no longer
+        has with no destinations."""
+        table = {s.key: KernelService(s.key, s.scheduler, s.persistence, {}) for s in services}
+        self._read_dests(table)
+        return table
+
+    def _read_dests(self, table: dict[ServiceKey, KernelService]) -> None:
         flags = codec.NLM_F_REQUEST | codec.NLM_F_DUMP
         for key, svc in table.items():
             seq = self._next_seq()
@@ -166,7 +185,6 @@ class IpvsKernel:
                 status = self._decode_dest.feed(self._view[:n], seq, key.family, svc.dests)
             if status and status not in (errno.ESRCH, errno.ENOENT):  # ENOENT: deleted between the dumps
                 raise IpvsError(status, f"dump {key}")
-        return table
 
     # -- writing ---------------------------------------------------------------------------------
 

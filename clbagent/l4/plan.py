@@ -12,7 +12,7 @@ the load balancer is planned as usual.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Literal
 
@@ -85,6 +85,9 @@ class VirtualService:
     destinations: tuple[Destination, ...] = ()
     owner: str = ""  # "<lb>/<listener>"
     deregister_rst: bool = False
+    # Destinations of dead targets that must not be in the kernel at all (UDP): deleted at once,
+    # not drained, so that the kernel expires their flows on the next datagram.
+    evicted: tuple[Destination, ...] = ()
 
     @property
     def ipvsadm_key(self) -> str:
@@ -104,6 +107,7 @@ class VirtualService:
                 {"address": d.address, "port": d.port, "weight": d.weight, "forward": d.forward, "target": d.target}
                 for d in self.destinations
             ],
+            "evicted": [d.endpoint for d in self.evicted],
         }
 
 
@@ -142,11 +146,18 @@ def target_key(lb_id: str, listener_id: str, endpoint: str) -> str:
     return f"{lb_id}/{listener_id}/{endpoint}"
 
 
-def _apply_down(dests: list[Destination], down: frozenset[str]) -> list[Destination]:
-    """Down targets get weight 0, unless every target is down (all-dead-all-alive: none is)."""
+def _apply_down(
+    dests: list[Destination], down: frozenset[str], protocol: Protocol
+) -> tuple[list[Destination], list[Destination]]:
+    """(destinations, evicted) with health applied. Unless every target is down
+    (all-dead-all-alive: then none is), a dead TCP target stays at weight 0, so that its
+    established connections carry on while no new one is scheduled to it, and a dead UDP target is
+    evicted: an existing UDP flow only moves once its destination is gone from the kernel."""
     if not dests or all(d.target in down for d in dests):
-        return dests
-    return [Destination(d.address, d.port, 0, d.forward, d.target) if d.target in down else d for d in dests]
+        return dests, []
+    if protocol == "udp":
+        return [d for d in dests if d.target not in down], [d for d in dests if d.target in down]
+    return [replace(d, weight=0) if d.target in down else d for d in dests], []
 
 
 def _destinations(lb: Any, lis: Any, vip_family: int, issues: list[Issue]) -> list[Destination]:
@@ -212,7 +223,7 @@ def _services_of(lb: Any, down: frozenset[str], issues: list[Issue]) -> Iterable
             continue
         proto: Protocol = "tcp" if lis.protocol == "TCP" else "udp"
         for vip in lb.load_balancer_vips:
-            dests = _apply_down(_destinations(lb, lis, vip.version, issues), down)
+            dests, evicted = _apply_down(_destinations(lb, lis, vip.version, issues), down, proto)
             yield VirtualService(
                 ServiceKey.of(vip, proto, lis.port),
                 scheduler,
@@ -220,14 +231,16 @@ def _services_of(lb: Any, down: frozenset[str], issues: list[Issue]) -> Iterable
                 tuple(dests),
                 f"{lb.id}/{lis.id}",
                 bool(lis.deregister_target_rst),
+                tuple(evicted),
             )
 
 
 def plan_ipvs(state: DesiredState, down: frozenset[str] = frozenset()) -> IpvsPlan:
     """Compile the valid load balancers' TCP/UDP listeners into an IPVS table.
 
-    ``down`` holds target keys (see :func:`target_key`) that health checking found dead; they are
-    planned with weight 0 and the documents stay as they are.
+    ``down`` holds target keys (see :func:`target_key`) that health checking found dead: TCP ones
+    are planned with weight 0, UDP ones are evicted (see :func:`_apply_down`); the documents stay
+    as they are.
     """
     issues: list[Issue] = []
     services: dict[ServiceKey, VirtualService] = {}

@@ -39,11 +39,12 @@ def doc(*listeners: dict, v6: bool = False) -> dict:
 
 def passes(rec: Reconciler, plan: IpvsPlan) -> int:
     """One pass, which must succeed and leave the kernel equal to the plan (as ipvsadm reads it);
-    then a second pass, which must do nothing. Returns the number of operations of the first."""
+    then a second, full pass (with a dump), which must do nothing. Returns the number of
+    operations of the first."""
     report = rec.run(plan)
     assert report.ok, report.errors()
     assert ipvsadm_rules() == set(plan.to_ipvsadm().splitlines())
-    again = rec.run(plan)
+    again = rec.run(plan, full=True)
     assert again.ops == [], [o.describe() for o in again.ops]
     return len(report.ops)
 
@@ -144,11 +145,12 @@ def test_foreign_services_survive_and_hand_deletions_are_repaired(kernel: IpvsKe
     assert passes(rec, plan) == 6
     assert f"-A -t {FOREIGN_VIP}:80 -s rr" in sh("ipvsadm -Sn")
     sh(f"ipvsadm -D -t {VIP4}:80")
-    report = rec.run(plan)
+    assert rec.run(plan).ops == []  # an incremental pass trusts its view: the repair is the full one
+    report = rec.run(plan, full=True)
     assert [o.kind for o in report.ops] == ["add_service", "add_dest", "add_dest"]
     sh(f"ipvsadm -e -t {VIP4}:81 -r {backend_addr(1)}:{BACKEND_PORT} -m -w 7")
     sh(f"ipvsadm -d -t {VIP4}:81 -r {backend_addr(2)}:{BACKEND_PORT}")
-    report = rec.run(plan)
+    report = rec.run(plan, full=True)
     assert sorted(o.kind for o in report.ops) == ["add_dest", "set_dest"]
     assert passes(rec, plan) == 0
     assert f"-A -t {FOREIGN_VIP}:80 -s rr" in sh("ipvsadm -Sn")
@@ -161,13 +163,28 @@ def test_a_service_on_our_vip_that_the_plan_does_not_have_is_removed(kernel: Ipv
     assert ("del_service", f"TCP {VIP4}:9999") in [(o.kind, str(o.service.key)) for o in report.ops]
 
 
-def test_one_weight_change_is_one_netlink_operation(kernel: IpvsKernel) -> None:
+def test_one_weight_change_is_one_netlink_operation_and_no_dump(kernel: IpvsKernel) -> None:
     rec = Reconciler(kernel)
     passes(rec, plan_of(doc(*(listener(p, (1, 1, 1)) for p in range(80, 90)))))
-    before = kernel.messages
+    before, dumps = kernel.messages, kernel.dumps
     report = rec.run(plan_of(doc(*(listener(p, (1, 5 if p == 85 else 1, 1)) for p in range(80, 90)))))
     assert len(report.ops) == 1 and kernel.messages - before == 1
+    assert not report.full and kernel.dumps == dumps
     assert f"-a -t {VIP4}:85 -r {backend_addr(2)}:{BACKEND_PORT} -m -w 5" in sh("ipvsadm -Sn")
+
+
+def test_a_stale_view_refused_by_the_kernel_turns_into_a_full_pass(kernel: IpvsKernel) -> None:
+    """The view says a service exists that someone deleted: the incremental change fails, is
+    undone, and the same pass dumps the table and puts everything back."""
+    rec = Reconciler(kernel)
+    plan = plan_of(doc(listener(80, (1, 1)), listener(81, (1, 1))))
+    passes(rec, plan)
+    sh(f"ipvsadm -D -t {VIP4}:80")
+    changed = plan_of(doc(listener(80, (1, 4)), listener(81, (1, 1))))
+    report = rec.run(changed)
+    assert report.ok and report.full, report.errors()
+    assert [o.kind for o in report.ops] == ["add_service", "add_dest", "add_dest"]
+    assert ipvsadm_rules() == set(changed.to_ipvsadm().splitlines())
 
 
 def test_a_failed_pass_is_undone_and_reports_the_object(kernel: IpvsKernel) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from clbagent.l4 import Destination, IpvsPlan, ServiceKey, VirtualService, codec
-from clbagent.l4.diff import KernelDest, KernelService, Op, diff
+from clbagent.l4.diff import KernelDest, KernelService, Op, diff, record
 
 VIP = "10.99.0.1"
 KEY = ServiceKey.of(VIP, "tcp", 80)
@@ -16,8 +16,10 @@ def dest(last: int, weight: int = 1) -> Destination:
     return Destination(f"10.0.0.{last}", 8080, weight, "NAT")
 
 
-def service(*dests: Destination, key: ServiceKey = KEY, persistence: int = 0, rst: bool = False) -> VirtualService:
-    return VirtualService(key, "wrr", persistence, tuple(sorted(dests)), "lb/l", rst)
+def service(
+    *dests: Destination, key: ServiceKey = KEY, persistence: int = 0, rst: bool = False, evicted: tuple = ()
+) -> VirtualService:
+    return VirtualService(key, "wrr", persistence, tuple(sorted(dests)), "lb/l", rst, evicted)
 
 
 def plan(*services: VirtualService) -> IpvsPlan:
@@ -89,6 +91,34 @@ def test_deregister_rst_deletes_at_once_and_readding_cancels_a_drain() -> None:
         plan(service(dest(1), dest(2))), kernel_of(service(dest(1), dest(2, 0))), now=2.0, draining=first.draining
     )
     assert kinds(back.ops) == ["set_dest 10.0.0.2"] and back.draining == {}
+
+
+def test_an_evicted_destination_goes_at_once_and_a_removed_one_still_drains() -> None:
+    """A dead UDP target is deleted even with open flows (the kernel then expires them), while a
+    target removed from the configuration drains; one that comes back dead is deleted at once."""
+    have = kernel_of(service(dest(1), dest(2), dest(3)), conns={"10.0.0.2": 4, "10.0.0.3": 2})
+    result = diff(plan(service(dest(1), evicted=(dest(2),))), have, now=5.0, drain_timeout=300)
+    assert [(k, o.reason) for k, o in zip(kinds(result.ops), result.ops, strict=True)] == [
+        ("del_dest 10.0.0.2", "target down"),
+        ("set_dest 10.0.0.3", "drain"),
+    ]
+    assert list(result.draining) == [(KEY, "10.0.0.3", 8080)]
+    drained = kernel_of(service(dest(1), dest(3, 0)), conns={"10.0.0.3": 2})
+    later = diff(plan(service(dest(1), evicted=(dest(3),))), drained, now=6.0, draining=result.draining)
+    assert kinds(later.ops) == ["del_dest 10.0.0.3"] and later.ops[0].reason == "target down"
+    assert later.draining == {}
+
+
+def test_record_keeps_a_view_equal_to_what_the_kernel_acknowledged() -> None:
+    """Applying the ops of a diff to the view gives the plan: the next diff against it is empty."""
+    other = ServiceKey.of(VIP, "udp", 53)
+    view = kernel_of(service(dest(1), dest(2, 4)), service(dest(5), key=FOREIGN), conns={"10.0.0.1": 7})
+    want = plan(service(dest(1, 9), dest(3), persistence=30), service(dest(4), key=other))
+    result = diff(want, view, frozenset({"10.77.0.1"}), drain_timeout=0)
+    record(view, result.ops)
+    assert diff(want, view, frozenset({"10.77.0.1"})).ops == []
+    assert set(view) == {KEY, other} and view[KEY].persistence == 30
+    assert view[KEY].dests[("10.0.0.1", 8080)] == KernelDest("10.0.0.1", 8080, 9, "NAT", 7, 0)
 
 
 def test_removed_service_drains_and_is_deleted_with_one_operation() -> None:

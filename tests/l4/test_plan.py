@@ -63,14 +63,18 @@ def test_port_range_is_refused_with_an_error_and_the_rest_planned() -> None:
     assert err.code == "UnsupportedOperation" and "8000-8010" in err.message and err.path.endswith("EndPort")
 
 
-def test_down_targets_get_weight_zero_unless_all_are_down() -> None:
-    doc = lb_doc([tcp(80, [(A, 80, 3), (B, 80, 1)])])
-    down_a = frozenset({target_key("lb-l4", "lbl-tcp-80", f"{A}:80")})
-    (svc,) = plan_of(doc, down=down_a).services
-    assert [d.weight for d in svc.destinations] == [0, 1]
-    all_down = down_a | {target_key("lb-l4", "lbl-tcp-80", f"{B}:80")}
-    (svc,) = plan_of(doc, down=all_down).services
-    assert [d.weight for d in svc.destinations] == [3, 1]
+def test_down_tcp_targets_get_weight_zero_and_udp_ones_are_evicted_unless_all_are_down() -> None:
+    doc = lb_doc([tcp(80, [(A, 80, 3), (B, 80, 1)]), tcp(53, [(A, 53, 3), (B, 53, 1)], protocol="UDP")])
+    down_a = frozenset({target_key("lb-l4", "lbl-tcp-80", f"{A}:80"), target_key("lb-l4", "lbl-udp-53", f"{A}:53")})
+    tcp_svc, udp = plan_of(doc, down=down_a).services
+    assert [d.weight for d in tcp_svc.destinations] == [0, 1] and tcp_svc.evicted == ()
+    assert [(d.address, d.weight) for d in udp.destinations] == [(B, 1)]
+    assert [d.endpoint for d in udp.evicted] == [f"{A}:53"] and udp.to_dict()["evicted"] == [f"{A}:53"]
+    assert f"-a -u 10.99.0.1:53 -r {A}:53" not in plan_of(doc, down=down_a).to_ipvsadm()
+    all_down = down_a | {target_key("lb-l4", "lbl-tcp-80", f"{B}:80"), target_key("lb-l4", "lbl-udp-53", f"{B}:53")}
+    tcp_svc, udp = plan_of(doc, down=all_down).services
+    assert [d.weight for d in tcp_svc.destinations] == [3, 1]
+    assert [d.weight for d in udp.destinations] == [3, 1] and udp.evicted == ()
 
 
 def test_plan_is_deterministic_and_json() -> None:
