@@ -53,6 +53,16 @@ GZIP_TYPES = [
     "text/x-component",
 ]
 PROTOCOL_TYPE = names.variable("protocol_type")  # http, https, http2, ws or wss
+# One UTF-8 character, strictly (no overlong forms, no surrogates), as a byte-mode PCRE: request
+# text that is not UTF-8 is logged up to its first invalid byte, then U+FFFD, since nginx's
+# escape=json passes bytes >= 0x80 through and such a line would not be JSON.
+UTF8_CHAR = (
+    r"(?:[\x00-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}"
+    r"|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})"
+)
+# Client-supplied values of the log and the variable holding each one as valid UTF-8.
+LOG_UTF8 = tuple((source, names.variable("log_utf8", source)) for source in ("$request", "$host", "$http_user_agent"))
+_LOGGED = dict(LOG_UTF8)
 # Digest §4.4 record fields. $ssl_handshake_time does not exist in nginx 1.22 and vip_vpcid has no
 # meaning on a plain host; both are left out.
 LOG_FIELDS = (
@@ -60,10 +70,10 @@ LOG_FIELDS = (
     ("server_addr", "$server_addr"),
     ("server_port", "$server_port"),
     ("server_name", "$server_name"),
-    ("http_host", "$host"),
+    ("http_host", _LOGGED["$host"]),
     ("remote_addr", "$remote_addr"),
     ("remote_port", "$remote_port"),
-    ("request", "$request"),
+    ("request", _LOGGED["$request"]),
     ("status", "$status"),
     ("bytes_sent", "$bytes_sent"),
     ("request_length", "$request_length"),
@@ -79,7 +89,7 @@ LOG_FIELDS = (
     ("ssl_cipher", "$ssl_cipher"),
     ("ssl_session_reused", "$ssl_session_reused"),
     ("tcpinfo_rtt", "$tcpinfo_rtt"),
-    ("http_user_agent", "$http_user_agent"),
+    ("http_user_agent", _LOGGED["$http_user_agent"]),
     ("request_id", "$request_id"),
 )
 
@@ -137,6 +147,9 @@ def main_conf(
         proxy_headers=DEFAULT_PROXY_HEADERS,
         gzip_types=GZIP_TYPES,
         log_fields=LOG_FIELDS,
+        log_utf8=LOG_UTF8,
+        utf8_valid=f"~^{UTF8_CHAR}*$",
+        utf8_prefix=f"~^({UTF8_CHAR}*)",
         protocol_type=PROTOCOL_TYPE,
         connection_upgrade=CONNECTION_UPGRADE,
         answered=ANSWERED,
