@@ -1,0 +1,114 @@
+"""A real Prometheus server scrapes a running agent (`clbagent run`) serving a real nginx; every
+figure is read back through Prometheus' HTTP API (docs/metrics.md)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import yaml
+
+from tests.agent.conftest import host  # noqa: F401 - fixture
+from tests.metrics.conftest import free_port, wait_for
+
+VIP = "127.0.60.1"
+HOST = "www.example.com"
+APP = '{rule="loc-app",code="2xx",source="backend"}'
+MARKER = "zq-request-marker"  # sent in URIs and Host headers: must never become a label
+
+
+def _doc(target: dict) -> dict:
+    def rule(loc: str, url: str) -> dict:
+        return {"LocationId": loc, "Domain": HOST, "Url": url, "DefaultServer": url == "/app",
+                "HealthCheck": {"HealthSwitch": 0}, "Targets": [target]}  # fmt: skip
+
+    rules = [rule("loc-app", "/app"), rule("loc-err", "/status")]
+    listener = {"ListenerId": "lbl-m", "Protocol": "HTTP", "Port": 8080, "Rules": rules}
+    return {"LoadBalancerId": "lb-m", "LoadBalancerVips": [VIP], "Listeners": [listener]}
+
+
+def _start_agent(host, doc: dict) -> str:  # noqa: F811 - the fixture
+    address = f"{VIP}:{free_port(VIP)}"
+    config = yaml.safe_load(host.config_path.read_text())
+    host.config_path.write_text(yaml.safe_dump({**config, "metrics_address": address}))
+    host.write("lb.yaml", doc)
+    host.start_agent()
+    wait_for(lambda: _get("/app").status_code == 200, 30, "the agent serving lb-m")
+    return address
+
+
+_CLIENT = httpx.Client(timeout=5, verify=False)  # plain HTTP: no TLS context per request
+
+
+def _get(path: str, host_header: str = HOST) -> httpx.Response:
+    try:
+        return _CLIENT.get(f"http://{VIP}:8080{path}", headers={"Host": host_header})
+    except httpx.HTTPError:
+        return httpx.Response(0)
+
+
+def _scrape(address: str) -> str:
+    try:
+        return _CLIENT.get(f"http://{address}/metrics").text
+    except httpx.HTTPError:
+        return ""
+
+
+@pytest.mark.parametrize("host", ["dynamic"], indirect=True)
+def test_prometheus_reads_rule_counters_by_source(host, status_backend, prometheus):  # noqa: F811
+    backend = status_backend("127.0.60.2")
+    address = _start_agent(host, _doc(backend.target()))
+    prom = prometheus(address)
+    wait_for(prom.scraped, 20, "a first successful scrape")
+    before = wait_for(lambda: prom.value(f"clb_http_requests_total{APP}"), 20, "the first request's counter")
+
+    for i in range(100):
+        assert _get(f"/app/{MARKER}?n={i}").status_code == 200
+    wait_for(lambda: prom.value(f"clb_http_requests_total{APP}") == before + 100, 20, "the counter to rise by 100")
+
+    for _ in range(5):
+        assert _get(f"/{MARKER}/missing").status_code == 404  # no rule for it: the load balancer answers
+    for _ in range(3):
+        assert _get("/status/502").status_code == 502  # the backend answers 502
+    lb404 = 'clb_http_responses_total{code="404",source="lb"}'
+    wait_for(lambda: prom.value(lb404) == 5, 20, "five load-balancer 404s")
+    backend502 = 'clb_http_responses_total{code="502",rule="loc-err",source="backend"}'
+    wait_for(lambda: prom.value(backend502) == 3, 20, "three backend 502s")
+    assert prom.value('clb_http_responses_total{code="502",source="lb"}') is None
+    assert prom.value('clb_http_responses_total{code="404",source="backend"}') is None
+    assert prom.value('clb_http_requests_total{rule="loc-app",code="2xx",source="lb"}') is None
+    # the 404s are the domain's own (no rule matched): no rule label (empty)
+    assert prom.query(lb404) == {
+        (("code", "404"), ("domain", HOST), ("instance", address), ("job", "clbagent"), ("listener", "lbl-m"),
+         ("load_balancer", "lb-m"), ("source", "lb")): 5.0
+    }  # fmt: skip
+    assert prom.value('clb_http_request_duration_seconds_count{rule="loc-app"}') == before + 100
+    assert prom.value(f'clb_http_backend_requests_total{{target="{backend.endpoint}",code="2xx"}}') == before + 100
+    assert prom.value('clb_instance_bytes_total{load_balancer="lb-m",direction="in"}') > 100 * len(MARKER)
+    assert prom.value("clb_http_metrics_available") == 1
+
+    # a host nobody configured, and the marker in its name: still only configuration IDs as labels
+    _get(f"/app/{MARKER}", host_header=f"{MARKER}.invalid")
+    wait_for(lambda: prom.value(f"clb_http_requests_total{APP}") == before + 101, 20, "the odd host's request")
+    series = prom.api("series", **{"match[]": '{__name__=~"clb_.*"}'})
+    values = {v for s in series for k, v in s.items() if k != "__name__"}
+    assert not [v for v in values if MARKER in v or "/" in v], values
+
+    # a reload (a new rule) keeps the counters: no reset seen by Prometheus
+    doc = _doc(backend.target())
+    doc["Listeners"][0]["Rules"].append({**doc["Listeners"][0]["Rules"][1], "LocationId": "loc-new", "Url": "/new"})
+    host.write("lb.yaml", doc)
+    wait_for(lambda: _get("/new").status_code == 200, 30, "the reload with the new rule")
+    wait_for(lambda: prom.value('clb_http_requests_total{rule="loc-new"}') == 1, 20, "the new rule counted")
+    assert prom.value(f"clb_http_requests_total{APP}") == before + 101
+    assert prom.value(f"resets(clb_http_requests_total{APP}[5m])") == 0
+
+
+@pytest.mark.parametrize("host", ["static"], indirect=True)
+def test_static_mode_says_l7_metrics_are_unavailable(host, status_backend):  # noqa: F811
+    backend = status_backend("127.0.60.3")
+    address = _start_agent(host, _doc(backend.target()))
+    _get("/app")
+    text = wait_for(lambda: _scrape(address), 20, "a scrape")
+    assert "clb_http_metrics_available 0.0" in text
+    assert "clb_http_requests_total" not in text
+    assert 'clbagent_applies_total{result="applied"} 1.0' in text
