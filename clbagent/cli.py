@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from clbagent import __version__
-from clbagent.commands import EXIT_UNAVAILABLE, agent, importer, render, validate
+from clbagent.commands import EXIT_UNAVAILABLE, agent, fleet, importer, render, validate
 
 
 def _unavailable(name: str, what: str, sub: argparse._SubParsersAction) -> None:
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_parser(sub)
     render.add_parser(sub)
     agent.add_parsers(sub)
+    fleet.add_parser(sub)
     _unavailable("health", "show the health of every target", sub)
     return parser
 

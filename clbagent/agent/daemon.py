@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clbagent.agent.config import AgentConfig, ConfigError
 from clbagent.agent.engine import ApplyReport, Engine
@@ -30,6 +30,9 @@ from clbagent.agent.systemd import notify, watchdog_interval
 from clbagent.nginx.metrics_channel import Counters, read_counters
 from clbagent.nginx.upstreams_channel import SOCKET
 from clbagent.settings import SettingsError
+
+if TYPE_CHECKING:
+    from clbagent.agent.etcd import EtcdFeed
 
 
 def log(event: str, **fields: Any) -> None:
@@ -43,7 +46,7 @@ class Agent:
         self.config_path = config_path
         self.config = config
         self.engine = Engine(config)
-        self.source = FileSource([config.documents], config.cert_dir, self.engine.settings)
+        self.source = self._source(config)
         self.metrics = AgentMetrics()
         self.started = time.time()
         self._dirty = asyncio.Event()
@@ -73,9 +76,10 @@ class Agent:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reconfigure()))
             notify("READY=1", f"STATUS=serving generation {self.engine.good.generation}")
             log("ready", generation=self.engine.good.generation, status_socket=str(self.config.status_socket))
+            watch = self._watch() if isinstance(self.source, FileSource) else self.source.run(self.mark)
             tasks = [
                 asyncio.create_task(self._applier()),
-                asyncio.create_task(self._watch()),
+                asyncio.create_task(watch),
                 asyncio.create_task(self._resync()),
                 asyncio.create_task(self._watchdog()),
             ]
@@ -91,6 +95,14 @@ class Agent:
         finally:
             self.engine.l4.close()
             self.engine.store.unlock()
+
+    def _source(self, config: AgentConfig) -> FileSource | EtcdFeed:
+        """The documents directory, or etcd for a fleet (docs/fleet.md)."""
+        if config.source == "etcd":
+            from clbagent.agent.etcd import EtcdFeed
+
+            return EtcdFeed(config, self.engine.settings, log)
+        return FileSource([config.documents], config.cert_dir, self.engine.settings)
 
     def _l7_counters(self) -> Callable[[], Counters] | None:
         """What reads nginx's L7 counters at scrape time; None when nginx runs without Lua."""
@@ -131,6 +143,9 @@ class Agent:
                 for repaired in await asyncio.to_thread(self.engine.repair):
                     log("repaired", what=repaired)
             snap = await asyncio.to_thread(self.source.read)
+            if snap is None:
+                log("source_not_ready", reason=reason, note="the last good state keeps serving until etcd is listed")
+                return None
             report = await asyncio.to_thread(self.engine.apply, snap.docs, snap.issues, snap.failed_files)
         except Exception as exc:  # the loop must survive anything one apply does
             log("apply_error", reason=reason, error=f"{type(exc).__name__}: {exc}")
@@ -152,6 +167,8 @@ class Agent:
                 seconds=round(seconds, 4),
                 timings={k: round(v, 4) for k, v in report.timings.items()},
             )
+        if not isinstance(self.source, FileSource):
+            self.source.applied(report, self.engine.good.status)
         return report
 
     async def _watch(self) -> None:
@@ -200,8 +217,13 @@ class Agent:
         except SettingsError as exc:
             log("config_error", error=f"settings: {exc}", note="keeping the running configuration")
             return
+        if isinstance(self.source, FileSource) and config.source == "files":
+            self.source = FileSource([config.documents], config.cert_dir, self.engine.settings)
+        else:
+            log("config_note", note="the source (files or etcd) and the etcd keys are read at start only")
+            if not isinstance(self.source, FileSource):
+                self.source.reconfigure(self.engine.settings)
         self.config = config
-        self.source = FileSource([config.documents], config.cert_dir, self.engine.settings)
         log("config_reloaded", path=str(self.config_path))
         self.mark("sighup")
         notify("READY=1")
@@ -220,6 +242,7 @@ class Agent:
                 "pid": os.getpid(),
                 "started_at": self.started,
                 "documents": str(self.config.documents),
+                **({} if isinstance(self.source, FileSource) else {"etcd": self.source.describe()}),
                 "applying": self._applying,
                 "last_apply": None
                 if last is None
