@@ -28,6 +28,7 @@ from clbagent.health.syn import SynProber, raw_allowed
 
 BATCH = 2000  # probes started per loop iteration at most (the status socket keeps answering)
 RETRY = 0.05  # seconds before a probe that could not be sent is tried again
+QUANTUM = 0.01  # probes due within this much are started together (one wake-up, not one each)
 SAVE_DELAY = 0.5  # transitions within this window are written to disk once
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class Monitor:
     def _arm(self) -> None:
         if not self._heap:
             return
-        due = self._heap[0][0]
+        due = max(self._heap[0][0], self.loop.time() + QUANTUM)
         if due < self._armed:
             if self._timer is not None:
                 self._timer.cancel()
@@ -149,8 +150,8 @@ class Monitor:
     def _tick(self) -> None:
         self._timer, self._armed = None, float("inf")
         now = self.loop.time()
-        heap, started = self._heap, 0
-        while heap and heap[0][0] <= now and started < BATCH:
+        heap, started, until = self._heap, 0, now + QUANTUM / 2
+        while heap and heap[0][0] <= until and started < BATCH:
             due, _, entry = heapq.heappop(heap)
             if entry.gone:
                 continue
@@ -234,7 +235,7 @@ class Monitor:
                     "rule": s.rule,
                     "target": s.target,
                     "state": h.state,
-                    "HealthStatus": h.state != DEAD,
+                    "HealthStatus": h.state == ALIVE,  # the API's reading: Unknown is not healthy
                     "since": h.since,
                     "last_error": h.last_error,
                     "last_probe": h.last_probe or None,

@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import heapq
 import os
 import random
 import socket
 import struct
 
-from clbagent.health.probe import Done, late
+from clbagent.health.probe import LATE, Done
 from clbagent.health.spec import Check
 
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 SYN, RST, ACK = 0x02, 0x04, 0x10
-_Pending = tuple[Done, asyncio.TimerHandle, float]
+REFUSED = os.strerror(errno.ECONNREFUSED)
 
 
 def checksum(data: bytes) -> int:
@@ -33,11 +34,18 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def syn_segment(src: bytes, dst: bytes, sport: int, dport: int, seq: int) -> bytes:
-    """A 20-byte TCP SYN with its checksum over the IPv4 pseudo-header."""
-    header = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, SYN, 1024, 0, 0)
-    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(header))
-    return header[:16] + struct.pack("!H", checksum(pseudo + header)) + header[18:]
+def syn_base(src: bytes, dst: bytes, sport: int, dport: int) -> int:
+    """The one's-complement sum of a SYN's pseudo-header and fixed fields (all but the sequence)."""
+    fixed = src + dst + struct.pack("!BBHHHIBBHHH", 0, socket.IPPROTO_TCP, 20, sport, dport, 0, 5 << 4, SYN, 1024, 0, 0)
+    return sum(struct.unpack(f"!{len(fixed) // 2}H", fixed))
+
+
+def syn_segment(base: int, sport: int, dport: int, seq: int) -> bytes:
+    """A 20-byte TCP SYN; ``base`` from :func:`syn_base` (the checksum then costs two additions)."""
+    total = base + (seq >> 16) + (seq & 0xFFFF)
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, SYN, 1024, ~total & 0xFFFF, 0)
 
 
 def port_filter(port: int) -> bytes:
@@ -53,7 +61,13 @@ def port_filter(port: int) -> bytes:
 
 
 class SynProber:
-    """Half-open probes over one receiving raw socket and one sending raw socket per source."""
+    """Half-open probes over one receiving raw socket and one sending raw socket per source.
+
+    Answers and deadlines are handled every ``POLL`` seconds in one go rather than on a wake-up
+    per packet: a health result a few milliseconds later costs nothing, a wake-up per probe would
+    cost more than the probe."""
+
+    POLL = 0.01
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
@@ -66,19 +80,24 @@ class SynProber:
         fprog = struct.pack("HL", len(program.raw) // 8, ctypes.addressof(program))
         self._rx.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         self._rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
-        self._drain(keep=False)  # what arrived before the filter
         self._tx: dict[str | None, socket.socket] = {}
         self._routes: dict[str, bytes] = {}
-        self._pending: dict[tuple[bytes, int, int], _Pending] = {}
-        loop.add_reader(self._rx.fileno(), self._drain)
+        self._bases: dict[tuple[bytes, bytes, int], int] = {}
+        self._pending: dict[tuple[bytes, int, int], tuple[Done, float]] = {}
+        self._drain(keep=False)  # what arrived before the filter
+        self._deadlines: list[tuple[float, tuple[bytes, int, int], float]] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     def probe(self, check: Check, source: str | None, done: Done) -> bool:
         dst = socket.inet_aton(check.address)
         src = socket.inet_aton(source) if source else self._route(check.address)
         seq = random.getrandbits(32)
+        base = self._bases.get((src, dst, check.port))
+        if base is None:
+            base = self._bases[(src, dst, check.port)] = syn_base(src, dst, self.port, check.port)
         try:
             sock = self._tx.get(source) or self._sender(source)
-            sock.sendto(syn_segment(src, dst, self.port, check.port, seq), (check.address, 0))
+            sock.sendto(syn_segment(base, self.port, check.port, seq), (check.address, 0))
         except (BlockingIOError, InterruptedError):
             return False  # the send queue is full: sent later, not failed
         except OSError as exc:
@@ -88,7 +107,10 @@ class SynProber:
             return True
         key = (dst, check.port, (seq + 1) & 0xFFFFFFFF)
         deadline = self.loop.time() + check.timeout
-        self._pending[key] = (done, self.loop.call_at(deadline, self._timeout, key, check.timeout), deadline)
+        self._pending[key] = (done, deadline)
+        heapq.heappush(self._deadlines, (deadline, key, check.timeout))
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.POLL, self._poll)
         return True
 
     def _sender(self, source: str | None) -> socket.socket:
@@ -108,11 +130,27 @@ class SynProber:
             self._routes[address] = src
         return src
 
+    def _poll(self) -> None:
+        """Answers first (a SYN-ACK the loop had no time to read is an answer), then deadlines."""
+        self._timer = None
+        self._drain()
+        now, heap = self.loop.time(), self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, key, seconds = heapq.heappop(heap)
+            pending = self._pending.pop(key, None)
+            if pending is not None:
+                pending[0](None if now - deadline > LATE else False, f"no SYN-ACK within {seconds:g}s")
+        if self._pending:
+            self._timer = self.loop.call_later(self.POLL, self._poll)
+        else:
+            heap.clear()
+
     def _drain(self, keep: bool = True) -> None:
         """Read every queued segment; a SYN-ACK answers a probe, a RST refuses it."""
+        recv, pending = self._rx.recv, self._pending
         while True:
             try:
-                packet = self._rx.recv(128)
+                packet = recv(128)
             except (BlockingIOError, InterruptedError):
                 return
             if not keep or len(packet) < 20:
@@ -121,29 +159,24 @@ class SynProber:
             if len(packet) < ihl + 14:
                 continue
             sport, _, _, ack, _, flags = struct.unpack_from("!HHIIBB", packet, ihl)
-            pending = self._pending.pop((packet[12:16], sport, ack), None)
-            if pending is None:
+            answered = pending.pop((packet[12:16], sport, ack), None)
+            if answered is None:
                 continue
-            pending[1].cancel()
             if flags & SYN and flags & ACK:
-                pending[0](True, "")
+                answered[0](True, "")
             elif flags & RST:
-                pending[0](False, os.strerror(errno.ECONNREFUSED))
-
-    def _timeout(self, key: tuple[bytes, int, int], seconds: float) -> None:
-        self._drain()  # a SYN-ACK the loop had no time to read is an answer
-        pending = self._pending.pop(key, None)
-        if pending is not None:
-            pending[0](None if late(self.loop, pending[2]) else False, f"no SYN-ACK within {seconds:g}s")
+                answered[0](False, REFUSED)
 
     def forget_routes(self) -> None:
+        """Addresses moved: the kernel's choice of source may have changed."""
         self._routes.clear()
+        self._bases.clear()
 
     def close(self) -> None:
-        self.loop.remove_reader(self._rx.fileno())
-        for handle in self._pending.values():
-            handle[1].cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self._pending.clear()
+        self._deadlines.clear()
         for sock in (self._rx, self._hold, *self._tx.values()):
             sock.close()
         self._tx.clear()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import select
 import socket
 import ssl
+import struct
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from clbagent.health.datagram import PingProber, UdpProber
 from clbagent.health.spec import Check
 from clbagent.health.stream import StreamProber
-from clbagent.health.syn import SynProber, raw_allowed
+from clbagent.health.syn import SynProber, checksum, raw_allowed, syn_base, syn_segment
 from tests.l7.conftest import pki  # noqa: F401 - fixture
 
 Result = tuple[bool | None, str]
@@ -157,3 +159,12 @@ def test_udp_custom_and_ping(udp_responders) -> None:
         (True, ""),
         (True, ""),
     ]
+
+
+def test_syn_checksum_is_the_internet_checksum() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        src, dst = rng.randbytes(4), rng.randbytes(4)
+        sport, dport, seq = rng.randrange(1, 65536), rng.randrange(1, 65536), rng.getrandbits(32)
+        segment = syn_segment(syn_base(src, dst, sport, dport), sport, dport, seq)
+        assert checksum(src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, 20) + segment) == 0

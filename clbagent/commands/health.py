@@ -1,0 +1,51 @@
+"""`clbagent health`: the health of every target, as the running agent sees it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from clbagent.commands import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, EXIT_REFUSED
+from clbagent.commands.agent import CONFIG_HELP, _load_config
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "health",
+        help="show the health of every target (DescribeTargetHealth)",
+        description="Ask the running agent for the health of every target of every listener and rule: "
+        "HealthStatus, Alive|Dead|Unknown, since when, the last error and the check. Exit 0 when no target "
+        "is dead, 3 when at least one is, 1 when no agent answers, 2 for an invalid config.",
+    )
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
+    p.add_argument("--socket", type=Path, help="the status socket (default: from the config)")
+    p.add_argument("--json", action="store_true", help="print the DescribeTargetHealth-shaped JSON")
+    p.set_defaults(run=run_health)
+
+
+def run_health(args: Any) -> int:
+    from clbagent.agent.status import StatusUnavailableError, request
+    from clbagent.health.report import format_text
+
+    socket_path = args.socket
+    if socket_path is None:
+        config = _load_config(args, "health")
+        if config is None:
+            return EXIT_INVALID
+        socket_path = config.status_socket
+    try:
+        report = request(socket_path, "health")["health"]
+    except StatusUnavailableError as exc:
+        print(f"clbagent health: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyError:
+        print("clbagent health: the running agent does not report health", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_text(report))
+    return EXIT_REFUSED if report["Summary"]["Dead"] else EXIT_OK
