@@ -28,10 +28,12 @@ import httpx
 from clbagent.agent.config import AgentConfig
 from clbagent.agent.incremental import IncrementalValidator
 from clbagent.agent.l4plane import L4Plane
+from clbagent.agent.serving import Serving, ServingView
 from clbagent.agent.store import GoodState, Store
 from clbagent.agent.vips import prepare_vips
 from clbagent.errors import Code, Issue
-from clbagent.l4 import IpvsPlan, plan_ipvs
+from clbagent.l4 import IpvsPlan
+from clbagent.l7 import names
 from clbagent.l7.compile import compile_unit, main_conf
 from clbagent.nginx.controller import NginxController
 from clbagent.nginx.upstreams_channel import (
@@ -70,7 +72,7 @@ class ApplyReport:
 class Compiled:
     """The effective desired state and its nginx units (one per load balancer with L7)."""
 
-    state: DesiredState
+    serving: Serving
     units: dict[str, Files]
     failed: dict[str, list[Issue]] = field(default_factory=dict)
 
@@ -112,6 +114,9 @@ class Engine:
         self.desired = IncrementalValidator(self.settings)  # the documents as given
         self.served = IncrementalValidator(self.settings)  # with quarantined ones at their last good version
         self._units: dict[str, tuple[DocumentResult, int, Files]] = {}
+        self.view = ServingView()
+        self._main: tuple[tuple[Any, ...], str] | None = None  # nginx.conf, by what it depends on
+        self._composed: list[tuple[dict[str, Files], str, Files]] = []  # the last file sets composed
         self.revisions = Revisions()
         self.dynamic = config.upstreams == "dynamic" or (config.upstreams == "auto" and LUA_MODULE.exists())
         self._parsed: dict[str, tuple[Files, dict[str, Upstream]]] = {}
@@ -142,7 +147,7 @@ class Engine:
             self.good = GoodState()
         compiled = self._compile(list(self.good.documents.items()), full=True)
         self.good_units = compiled.units
-        self.good_plan = self._plan(compiled.state)
+        self.good_plan = self._plan(compiled)
         if self.good.generation is None:
             return
         if gens.current() != self.good.generation:
@@ -185,9 +190,9 @@ class Engine:
         gens = self.nginx.generations
         good_files = self._compose(self.good_units)
         unchanged = self.good.generation is not None and files == good_files
-        plan = self._plan(compiled.state)
+        plan = self._plan(compiled)
 
-        vips = self._vips(compiled.state)
+        vips = compiled.serving.vips
         vip_errors = prepare_vips(vips, self.config.vip_interface, self.l4.available)
         report.timings["compile"] = time.perf_counter() - t  # units, file set, IPVS plan, VIPs
         staged = None
@@ -203,7 +208,8 @@ class Engine:
         )
         if not unchanged:
             t = time.perf_counter()
-            staged = gens.stage(files, self.good.generation, differing)
+            layout = gens.layout(files)
+            staged = gens.stage(layout, self.good.generation, _differing(layout, gens.layout(good_files)))
             report.timings["write"] = time.perf_counter() - t
             t = time.perf_counter()
             check = self.nginx.test(staged.number) if not members_only else None
@@ -211,6 +217,7 @@ class Engine:
             if check is not None and not check.ok:
                 gens.discard(staged.number)
                 culprits = self._bisect(units, check.output, report)
+                units = {**units}  # a new set (composed file sets are kept by the identity of theirs)
                 for lb_id, reason in culprits.items():
                     hint = f" ({vip_errors[lb_id]})" if lb_id in vip_errors else ""
                     report.quarantined.setdefault(lb_id, []).append(
@@ -224,12 +231,12 @@ class Engine:
                     else:
                         units.pop(lb_id, None)
                 compiled = self._compile(list(served_sources.items()))
-                plan = self._plan(compiled.state)
-                vips = self._vips(compiled.state)
+                plan = self._plan(compiled)
+                vips = compiled.serving.vips
                 files = self._compose(units)
                 unchanged = files == self._compose(self.good_units)
                 if not unchanged:
-                    staged = gens.stage(files, self.good.generation)
+                    staged = gens.stage(gens.layout(files), self.good.generation)
                     check = self.nginx.test(staged.number)
                     report.nginx_tests += 1
                     if not check.ok:  # the good units alone pass; this should not happen
@@ -295,8 +302,8 @@ class Engine:
         if gens.current() != gen:
             gens.switch(gen)
             done.append("current generation restored")
-        if gens.files(gen) != self._compose(self.good_units):
-            staged = gens.stage(self._compose(self.good_units), None)
+        if gens.files(gen) != gens.layout(self._compose(self.good_units)):
+            staged = gens.stage(gens.layout(self._compose(self.good_units)), None)
             if self.nginx.test(staged.number).ok and not self._switch(staged.number, self._compose(self.good_units)):
                 self.good.generation = staged.number
                 self.store.save(self.good, {s: self.revisions.of(s, raw) for s, raw in self.good.documents.items()})
@@ -329,13 +336,9 @@ class Engine:
     def _compile_state(self, state: DesiredState, validator: IncrementalValidator) -> Compiled:
         """One nginx unit per load balancer with L7; a unit is compiled again only when its
         document's verdict or the shared objects changed."""
-        out = Compiled(state, {})
-        serving = state.load_balancers()
+        out = Compiled(self.view.of(state), {})
         units: dict[str, tuple[DocumentResult, int, Files]] = {}
-        for doc in state.documents:
-            lb = serving.get(doc.root)
-            if lb is None or all(lis.is_l4 for lis in lb.listeners):
-                continue
+        for doc, lb in out.serving.l7:
             cached = self._units.get(doc.root)
             if cached is not None and cached[0] is doc and cached[1] == validator.catalog_version:
                 out.units[doc.root] = cached[2]
@@ -361,20 +364,36 @@ class Engine:
         return self._compile_state(self.served.validate(docs, full), self.served)
 
     def _compose(self, units: dict[str, Files]) -> Files:
-        """The whole file set of a generation: nginx.conf and every unit."""
+        """The whole file set of a generation: nginx.conf and every unit. An apply composes the new
+        set and the served one; both are kept while their units and nginx.conf stay the same."""
+        main = self._main_conf(units)
+        for memo in self._composed:
+            if memo[0] is units and memo[1] is main:
+                return memo[2]
+        files = {"nginx.conf": main}
+        for lb_id in sorted(units):
+            files.update(units[lb_id])
+        self._composed = [(units, main, files), *self._composed[:1]]
+        return files
+
+    def _main_conf(self, units: dict[str, Files]) -> str:
+        """nginx.conf. In dynamic mode it sizes the shared memory from every upstream, so it is
+        rendered again only when a data file changed (unchanged units keep their very strings,
+        which compare at once)."""
+        data = tuple(unit.get(names.data_file(lb_id)) for lb_id, unit in sorted(units.items())) if self.dynamic else ()
+        key = (self.config.worker_shutdown_timeout, data)
+        if self._main is not None and self._main[0] == key:
+            return self._main[1]
         root = self.config.nginx_root
-        upstreams = self._upstreams(units) if self.dynamic else None
         main = main_conf(
             str(root),
             self.config.worker_shutdown_timeout,
             dynamic=self.dynamic,
-            upstreams=upstreams,
+            upstreams=self._upstreams(units) if self.dynamic else None,
             conf_dir=str(root / "current"),
         )
-        files = {"nginx.conf": main}
-        for lb_id in sorted(units):
-            files.update(units[lb_id])
-        return files
+        self._main = (key, main)
+        return main
 
     def _upstreams(self, units: dict[str, Files]) -> dict[str, Upstream]:
         """Every dynamic upstream of the units (each unit's data file parsed once)."""
@@ -454,12 +473,8 @@ class Engine:
             return f"the upstreams channel: {exc}"
         return "; ".join(left)
 
-    def _plan(self, state: DesiredState) -> IpvsPlan:
-        return plan_ipvs(state)
-
-    def _vips(self, state: DesiredState) -> dict[str, str]:
-        """Every VIP of the served load balancers → the load balancer using it."""
-        return {str(v): lb_id for lb_id, lb in state.load_balancers().items() for v in lb.load_balancer_vips}
+    def _plan(self, compiled: Compiled) -> IpvsPlan:
+        return self.view.plan(compiled.serving)
 
     def _bisect(self, units: dict[str, Files], failed_output: str, report: ApplyReport) -> dict[str, str]:
         """The changed load balancers whose new unit makes ``nginx -t`` fail, found by bisection
@@ -480,7 +495,8 @@ class Engine:
 
         def search(group: list[str], output: str | None) -> None:
             if output is None:
-                staged = self.nginx.generations.stage(self._compose(with_changes(group)), self.good.generation)
+                gens = self.nginx.generations
+                staged = gens.stage(gens.layout(self._compose(with_changes(group))), self.good.generation)
                 check = self.nginx.test(staged.number)
                 self.nginx.generations.discard(staged.number)
                 report.nginx_tests += 1

@@ -44,47 +44,49 @@ class FileSource:
 
     def read(self) -> Snapshot:
         snap = Snapshot()
-        files: list[Path] = []
+        files: list[tuple[str, _Stat]] = []
         others: dict[str, _Stat] = {}
         for p in self.paths:
             if p.is_dir():
-                found, extra = _scan(p)
+                found, extra = _scan(str(p))
                 files.extend(found)
                 others.update(extra)
             elif p.exists():
-                files.append(p)
+                files.append((str(p), _stat(str(p))))
             else:
                 snap.issues.append(Issue(str(p), Code.RESOURCE_NOT_FOUND, "no such file or directory"))
                 snap.failed_files.add(str(p))
         if others != self._others:
             self._cache.clear()
             self._others = others
-        present = {str(f) for f in files}
-        for gone in set(self._cache) - present:
-            del self._cache[gone]
-        for f in files:
-            key, st = str(f), _stat(f)
+        if len(self._cache) != len(files):
+            present = {key for key, _ in files}
+            for gone in [key for key in self._cache if key not in present]:
+                del self._cache[gone]
+        for key, st in files:
             cached = self._cache.get(key)
             if cached is None or cached[0] != st:
-                docs, issues = load([f], self.cert_dir, self.settings)
+                docs, issues = load([Path(key)], self.cert_dir, self.settings)
                 cached = (st, docs, issues)
                 self._cache[key] = cached
                 snap.files_read += 1
             _, docs, issues = cached
             snap.docs.extend(docs)
-            snap.issues.extend(issues)
-            if issues and not docs:
-                snap.failed_files.add(key)
+            if issues:
+                snap.issues.extend(issues)
+                if not docs:
+                    snap.failed_files.add(key)
         return snap
 
 
-def _scan(directory: Path) -> tuple[list[Path], dict[str, _Stat]]:
-    """Document files under a directory (sorted, as the loader orders them) and the other files
-    with their metadata, in one walk. Hidden files (editors' and atomic writers' temporaries) are
-    not documents."""
-    docs: list[str] = []
+def _scan(directory: str) -> tuple[list[tuple[str, _Stat]], dict[str, _Stat]]:
+    """Document files under a directory with their metadata (sorted, as the loader orders them)
+    and the other files, in one walk. Hidden files (editors' and atomic writers' temporaries) are
+    not documents. Plain strings and the walk's own entries: this runs for every file on every
+    read, so it must cost little more than the stat calls themselves."""
+    docs: list[tuple[str, _Stat]] = []
     others: dict[str, _Stat] = {}
-    pending = [str(directory)]
+    pending = [directory]
     while pending:
         with os.scandir(pending.pop()) as entries:
             for entry in entries:
@@ -93,13 +95,22 @@ def _scan(directory: Path) -> tuple[list[Path], dict[str, _Stat]]:
                 if entry.is_dir():
                     pending.append(entry.path)
                 elif entry.name.endswith(SUFFIXES):
-                    docs.append(entry.path)
+                    docs.append((entry.path, _entry_stat(entry)))
                 else:
-                    others[entry.path] = _stat(Path(entry.path))
-    return [Path(d) for d in sorted(docs)], others
+                    others[entry.path] = _entry_stat(entry)
+    docs.sort()
+    return docs, others
 
 
-def _stat(path: Path) -> _Stat:
+def _entry_stat(entry: os.DirEntry[str]) -> _Stat:
+    try:
+        st = entry.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _stat(path: str) -> _Stat:
     try:
         st = os.stat(path)
     except OSError:

@@ -3,8 +3,15 @@
 Layout under the nginx root (``<state_dir>/nginx``)::
 
     current -> generations/g000042      the configuration the master reads (symlink)
-    generations/g000041/ g000042/       nginx.conf, conf.d/, certs/ (0700, keys 0600)
+    generations/g000041/ g000042/       nginx.conf, conf.d/, upstreams/, certs/ (0700, keys 0600)
     logs/ run/ tmp/                     runtime, shared by every generation
+
+A generation stores the per-load-balancer files in a fixed number of *packs*: the include files
+of the load balancers whose name hashes to the same pack are concatenated into one
+``conf.d/pack-NN.conf`` (each behind a ``# conf.d/<LoadBalancerId>.conf`` comment), and so are
+their upstream data files into ``upstreams/pack-NN.json`` (nginx includes ``conf.d/*.conf`` and
+loads ``upstreams/*.json`` either way). An edit then rewrites one pack, whatever the number of
+load balancers, and a generation holds a bounded number of files to link.
 
 A new generation hard-links every file that is unchanged from its base generation and writes only
 the files that differ, so staging costs grow with the size of the change. Files of a generation are
@@ -17,11 +24,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .upstreams_channel import DATA_DIR, render_data_file, upstreams_of
+
 RUNTIME_DIRS = ("logs", "run", "tmp")
 _GEN = re.compile(r"^g(\d{6,})$")
+PACKS = 64  # per packed directory; an edit rewrites 1/PACKS of it
+PACKED = {"conf.d": ".conf", DATA_DIR: ".json"}  # directory → suffix of the files packed there
+_Members = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,33 @@ class Generations:
         self.root = root
         self.dir = root / "generations"
         self.current_link = root / "current"
+        self._packs: dict[str, list[tuple[_Members, str]]] = {}  # the last two versions of each pack
+        self._pack_of: dict[str, str] = {}  # relative path → its pack ('' for a file kept as it is)
+
+    def layout(self, files: Mapping[str, str]) -> dict[str, str]:
+        """The files of a configuration (relative path → text) as a generation stores them: the
+        per-load-balancer files in packs, everything else as it is. A pack whose members did not
+        change is the very same string as before, so that comparing two layouts costs little."""
+        out: dict[str, str] = {}
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for rel, text in files.items():
+            pack = self._pack_of.get(rel)
+            if pack is None:
+                pack = self._pack_of[rel] = _pack_name(rel)
+            if not pack:
+                out[rel] = text
+            else:
+                groups.setdefault(pack, []).append((rel, text))
+        for pack, members in sorted(groups.items()):
+            key = tuple(sorted(members))
+            versions = self._packs.setdefault(pack, [])
+            text = next((t for k, t in versions if k == key), None)
+            if text is None:
+                text = _pack(pack, key)
+                versions.insert(0, (key, text))
+                del versions[2:]
+            out[pack] = text
+        return out
 
     def prepare(self) -> None:
         """Create the root, the runtime directories and the generations directory (0700)."""
@@ -77,9 +118,9 @@ class Generations:
         }
 
     def stage(self, files: dict[str, str], base: int | None, changed: set[str] | None = None) -> Staged:
-        """Write ``files`` as a new generation, hard-linking what is unchanged in ``base``. With
-        ``changed`` (the paths the caller knows differ from ``base``), the others are linked without
-        reading them back."""
+        """Write ``files`` (a :meth:`layout`) as a new generation, hard-linking what is unchanged in
+        ``base``. With ``changed`` (the paths the caller knows differ from ``base``), the others
+        are linked without reading them back."""
         numbers = self.numbers()
         number = (max(numbers) if numbers else 0) + 1
         target = self.path(number)
@@ -89,17 +130,16 @@ class Generations:
         written: list[str] = []
         tmp.mkdir()
         made = {"."}
-        for rel, text in sorted(files.items()):
+        for rel, text in files.items():
             parent = os.path.dirname(rel) or "."
             if parent not in made:
                 (tmp / parent).mkdir(parents=True, exist_ok=True, mode=0o700 if rel.startswith("certs/") else 0o755)
                 made.add(parent)
             dest = f"{tmp}/{rel}"
-            data = text.encode()
             if base_dir is not None:
                 old = f"{base_dir}/{rel}"
                 known_same = changed is not None and rel not in changed
-                if known_same or _same(old, data):
+                if known_same or _same(old, text.encode()):
                     try:
                         os.link(old, dest)
                         continue
@@ -107,7 +147,7 @@ class Generations:
                         pass
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if rel.startswith("certs/") else 0o644)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(text.encode())
             written.append(rel)
         os.rename(tmp, target)
         return Staged(number, target, tuple(written))
@@ -132,6 +172,20 @@ class Generations:
         for n in removed:
             self.discard(n)
         return removed
+
+
+def _pack_name(rel: str) -> str:
+    top, _, name = rel.partition("/")
+    suffix = PACKED.get(top)
+    if suffix is None or "/" in name or not name.endswith(suffix):
+        return ""
+    return f"{top}/pack-{zlib.crc32(name[: -len(suffix)].encode()) % PACKS:02d}{suffix}"
+
+
+def _pack(pack: str, members: _Members) -> str:
+    if pack.endswith(".json"):
+        return render_data_file(upstreams_of(dict(members)))
+    return "".join(f"# {rel}\n{text}" + ("" if text.endswith("\n") else "\n") for rel, text in members)
 
 
 def _same(path: str, data: bytes) -> bool:

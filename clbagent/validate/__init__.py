@@ -65,7 +65,13 @@ class DesiredState:
     def load_balancers(self) -> dict[str, LoadBalancer]:
         """The valid load balancers by ID, as they are to be served: quarantined documents and
         stopped listeners (with the redirects that involve them) are left out."""
-        return {d.root: _serving(d.load_balancer) for d in self.documents if d.ok and d.load_balancer is not None}
+        return {d.root: lb for d in self.documents if (lb := serving(d)) is not None}
+
+
+def serving(doc: DocumentResult) -> LoadBalancer | None:
+    """One document's load balancer as it is to be served (see ``DesiredState.load_balancers``)."""
+    lb = doc.load_balancer
+    return _serving(lb) if lb is not None and doc.ok else None
 
 
 def _serving(lb: LoadBalancer) -> LoadBalancer:

@@ -107,7 +107,7 @@ def test_hand_edited_generated_file_is_restored(host, backends):
     host.write("a.yaml", http_lb("lb-a", VIP, [b1.target()]))
     host.start_agent()
     wait_for(lambda: _answers("b1"), 30, "traffic")
-    conf = host.config.nginx_root / "current" / "conf.d" / "lb-a.conf"
+    (conf,) = (host.config.nginx_root / "current" / "conf.d").glob("*.conf")  # the pack holding lb-a
     original = conf.read_text()
     edited = original.replace("location / {", "location / {\n        return 418;", 1)
     assert edited != original
