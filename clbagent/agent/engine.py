@@ -115,7 +115,7 @@ class Engine:
         self.served = IncrementalValidator(self.settings)  # with quarantined ones at their last good version
         self._units: dict[str, tuple[DocumentResult, int, Files]] = {}
         self.view = ServingView()
-        self._main: tuple[tuple[Any, ...], str] | None = None  # nginx.conf, by what it depends on
+        self._main: list[tuple[tuple[Any, ...], str]] = []  # nginx.conf, by what it depends on
         self._composed: list[tuple[dict[str, Files], str, Files]] = []  # the last file sets composed
         self.revisions = Revisions()
         self.dynamic = config.upstreams == "dynamic" or (config.upstreams == "auto" and LUA_MODULE.exists())
@@ -382,8 +382,9 @@ class Engine:
         which compare at once)."""
         data = tuple(unit.get(names.data_file(lb_id)) for lb_id, unit in sorted(units.items())) if self.dynamic else ()
         key = (self.config.worker_shutdown_timeout, data)
-        if self._main is not None and self._main[0] == key:
-            return self._main[1]
+        for known, text in self._main:
+            if known == key:
+                return text
         root = self.config.nginx_root
         main = main_conf(
             str(root),
@@ -392,7 +393,7 @@ class Engine:
             upstreams=self._upstreams(units) if self.dynamic else None,
             conf_dir=str(root / "current"),
         )
-        self._main = (key, main)
+        self._main = [(key, main), *self._main[:1]]  # the new one and the one served
         return main
 
     def _upstreams(self, units: dict[str, Files]) -> dict[str, Upstream]:
