@@ -6,14 +6,16 @@ number of series is bounded by the configuration.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from clbagent.agent.engine import ApplyReport
-from clbagent.agent.l7_metrics import L4Totals, L7Collector
+from clbagent.agent.l7_metrics import L4Totals, L7Metrics
 from clbagent.nginx.metrics_channel import Counters
 
 HEALTH_STATES = ("Alive", "Dead", "Unknown")
@@ -66,6 +68,7 @@ class AgentMetrics:
         self.draining = Gauge("clbagent_nginx_draining_workers", "Old nginx workers still draining", registry=r)
         self.nginx_up = Gauge("clbagent_nginx_up", "1 when the nginx master is running", registry=r)
         self.l4_totals: L4Totals | None = None
+        self.l7: L7Metrics | None = None
         self.probes = Counter(
             "clbagent_health_probes", "Health probes by kind and result (ok|failed)", ["kind", "result"], registry=r
         )
@@ -131,7 +134,32 @@ class AgentMetrics:
     def watch_l7(self, read: Callable[[], Counters] | None, served: Callable[[], set[str]]) -> None:
         """The L7 families from nginx's counters (``read`` None: static mode, nothing counted) of
         the load balancers ``served()`` names, and the instance totals (docs/metrics.md)."""
-        self.registry.register(L7Collector(read, served, lambda: self.l4_totals() if self.l4_totals else {}))
+        self.l7 = L7Metrics(read, served, lambda: self.l4_totals() if self.l4_totals else {})
+
+    def exposition(self) -> bytes:
+        """One scrape: the registry's families, then the L7 text (written directly: see l7_metrics)."""
+        text = generate_latest(self.registry)
+        return text + self.l7.text().encode() if self.l7 else text
 
     def serve(self, host: str, port: int) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+        """``GET /metrics`` on ``host:port`` from a daemon thread."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/", "/metrics"):
+                    self.send_error(404)
+                    return
+                body = metrics.exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:  # scrapes are not events
+                pass
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

@@ -109,6 +109,6 @@ def test_static_mode_says_l7_metrics_are_unavailable(host, status_backend):  # n
     address = _start_agent(host, _doc(backend.target()))
     _get("/app")
     text = wait_for(lambda: _scrape(address), 20, "a scrape")
-    assert "clb_http_metrics_available 0.0" in text
+    assert "clb_http_metrics_available 0\n" in text
     assert "clb_http_requests_total" not in text
     assert 'clbagent_applies_total{result="applied"} 1.0' in text
