@@ -6,6 +6,7 @@ number of series is bounded by the configuration.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -160,6 +161,9 @@ class AgentMetrics:
             def log_message(self, *args: object) -> None:  # scrapes are not events
                 pass
 
-        server = ThreadingHTTPServer((host, port), Handler)
-        server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True
+
+        server = Server((host, port), Handler)
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
