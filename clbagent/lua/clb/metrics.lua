@@ -82,10 +82,11 @@ local function bucket(seconds)
   return NB + 1
 end
 
---- The last of nginx's comma- or colon-separated per-try values ("0.003, 0.002 : 0.001").
+--- The last of nginx's per-try values, separated by ", " (tries) and " : " (internal redirects):
+--- "0.003, 0.002 : 0.001", "10.0.0.1:80, 10.0.0.2:80".
 local function last(value)
   if value and find(value, " ", 1, true) then
-    return match(value, "([^ ,:]+)$")
+    return match(value, "([^ ]+)$")
   end
   return value
 end
@@ -142,8 +143,7 @@ function M.flush()
       lost = lost + flush_array(dict, scope .. "\t" .. member, counts, M.MEMBER_FIELDS)
     end
   end
-  if lost > 0 then
-    dict:incr("lost", lost, 0)
+  if lost > 0 then -- a full dict refuses new keys (never evicts): the counts wait in the worker
     ngx.log(ngx.WARN, "clb metrics: shared dict clb_metrics is full, ", lost, " counters kept for the next flush")
   end
 end
