@@ -1,50 +1,51 @@
 """Base class of every model object: strict field set, V2 aliases, and the path it came from.
 
 The path is what error messages print (``lb-1/Listeners[2]/Port``). It is attached to the raw
-document before validation (key ``__path__``) and kept on the object, so that cross-object checks
-report the original position even when other, broken, objects were left out.
+document before validation (key ``__path__``) and kept on the object as an ordinary field
+(``doc_path_``, left out of dumps and of the schema), so that cross-object checks report the
+original position even when other, broken, objects were left out. An ordinary field is filled by
+pydantic's own validator: no Python runs per object for it (a document holds thousands).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 PATH_KEY = "__path__"
 
 
 class Obj(BaseModel):
-    """A document object. ``V2_KEYS`` maps V2 API spellings to the V3 field alias."""
+    """A document object. ``V2_KEYS`` maps V2 API spellings to the V3 field alias.
+
+    A document that spells ``doc_path_`` itself is refused as an unknown field: every mapping
+    carries ``__path__``, which takes the field."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=False)
 
     V2_KEYS: ClassVar[dict[str, str]] = {}
-    _doc_path: str = PrivateAttr(default="")
+    doc_path_: SkipJsonSchema[str] = Field("", alias=PATH_KEY, exclude=True, repr=False)
 
-    @model_validator(mode="wrap")
+    @model_validator(mode="before")
     @classmethod
-    def _track_path(cls, data: Any, handler: Any) -> Any:
-        path = None
-        if isinstance(data, dict):
+    def _v2_keys(cls, data: Any) -> Any:
+        keys = cls.V2_KEYS
+        if keys and isinstance(data, dict) and not keys.keys().isdisjoint(data):
             data = dict(data)
-            path = data.pop(PATH_KEY, None)
-            if cls.V2_KEYS and not cls.V2_KEYS.keys().isdisjoint(data):
-                for old, new in cls.V2_KEYS.items():
-                    if old in data and new not in data:
-                        data[new] = data.pop(old)
-        obj = handler(data)
-        if isinstance(path, str):
-            obj.__pydantic_private__["_doc_path"] = path  # pydantic's own slot, without its __setattr__
-        return obj
+            for old, new in keys.items():
+                if old in data and new not in data:
+                    data[new] = data.pop(old)
+        return data
 
     @property
     def path(self) -> str:
-        return self.__pydantic_private__["_doc_path"]
+        return self.doc_path_
 
     def at(self, field: str) -> str:
         """Path of one field of this object."""
-        path = self.__pydantic_private__["_doc_path"]
+        path = self.doc_path_
         return f"{path}/{field}" if path else field
 
 

@@ -165,7 +165,7 @@ def _inline_id(content: str) -> str:
 
 def _inline(ident: str, kind: str, content: str, key: str | None, path: str) -> Certificate:
     cert = Certificate.model_validate({"CertId": ident, "CertType": kind, "CertContent": content, "CertKey": key})
-    cert._doc_path = path
+    cert.doc_path_ = path
     return cert
 
 
