@@ -1,0 +1,121 @@
+"""The etcd source on its own, against a real etcd: the config keys, values read like files,
+listing in pages at one revision, the watch, and `fleet status` without agents."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clbagent.agent.config import AgentConfig, ConfigError
+from clbagent.agent.etcd import source as etcd_source
+from clbagent.agent.etcd.source import EtcdSource, parse_value
+from clbagent.settings import DEFAULT_SETTINGS
+from tests.fleet.harness import CLBAGENT, Etcd, http_lb
+
+
+def _config(tmp_path: Path, **keys: object) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"source": "etcd", "state_dir": "state", **keys}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"etcd_endpoints": ["no port"]}, "etcd_endpoints: Value error, 'no port' is not host:port"),
+        ({"etcd_endpoints": []}, "etcd_endpoints: List should have at least 1 item"),
+        ({"etcd_prefix": "/clb/", "etcd_status_prefix": "/clb/status/"}, "must not contain one another"),
+        ({"etcd_cert_file": "client.pem"}, "etcd_cert_file and etcd_key_file go together"),
+        ({"etcd_lease_ttl": 1}, "etcd_lease_ttl: Input should be greater than or equal to 5"),
+        ({"agent_name": "a/b"}, "agent_name: Value error, must be 1-64 letters"),
+    ],
+)
+def test_invalid_etcd_keys_are_refused_with_one_sentence(tmp_path: Path, keys: dict, message: str):
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.load(_config(tmp_path, **keys))
+    assert message in str(info.value)
+
+
+def test_config_normalises_prefixes_and_resolves_tls_files(tmp_path: Path):
+    keys = {"etcd_prefix": "/fleet/desired", "etcd_cert_file": "tls/c.pem", "etcd_key_file": "tls/k.pem"}
+    config = AgentConfig.load(_config(tmp_path, **keys))
+    assert config.etcd_prefix == "/fleet/desired/"
+    assert config.etcd_cert_file == tmp_path / "tls" / "c.pem"
+
+
+def test_values_are_read_like_files(tmp_path: Path):
+    settings = DEFAULT_SETTINGS
+    docs, issues = parse_value("/k/a", yaml.safe_dump(http_lb("lb-a", 1)).encode(), None, settings)
+    assert [s for s, _ in docs] == ["/k/a"] and not issues
+    _, (issue,) = parse_value("/k/b", b"Listeners: [", None, settings)
+    assert (issue.code, issue.path) == ("InvalidParameter.FormatError", "/k/b")
+    _, (issue,) = parse_value("/k/c", b"x" * (settings.max_document_bytes + 1), None, settings)
+    assert issue.code == "LimitExceeded"
+    _, (issue,) = parse_value("/k/d", b"\xff\xfe", None, settings)
+    assert issue.message == "not UTF-8 text"
+    two = b"LoadBalancerId: lb-1\n---\nLoadBalancerId: lb-2\n"
+    assert [s for s, _ in parse_value("/k/e", two, None, settings)[0]] == ["/k/e#1", "/k/e#2"]
+
+    cert = {"Certificates": [{"CertId": "c1", "CertFile": "c1.pem"}]}
+    _, (issue,) = parse_value("/k/f", yaml.safe_dump(cert).encode(), None, settings)
+    assert issue.path == "/k/f/Certificates[0]/CertFile" and "cert_dir" in issue.message
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "c1.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (raw,), issues = parse_value("/k/f", yaml.safe_dump(cert).encode(), tmp_path / "certs", settings)
+    assert not issues and raw[1]["Certificates"][0]["CertContent"].startswith("-----BEGIN")
+    outside = {"Certificates": [{"CertId": "c1", "CertFile": "../agent.yaml"}]}
+    _, (issue,) = parse_value("/k/g", yaml.safe_dump(outside).encode(), tmp_path / "certs", settings)
+    assert "inside the certificate directory" in issue.message
+
+
+def test_listing_in_pages_then_watching(etcd: Etcd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(etcd_source, "PAGE", 2)
+    prefix = "/paged/"
+    for i in range(5):
+        etcd.put(f"{prefix}lb-{i}", http_lb(f"lb-{i}", 1000 + i))
+    config = AgentConfig(source="etcd", etcd_endpoints=[etcd.url], etcd_prefix=prefix, state_dir=tmp_path)
+    events: list[dict] = []
+    source = EtcdSource(config, DEFAULT_SETTINGS, lambda event, **f: events.append({"event": event, **f}))
+    marks: list[str] = []
+
+    async def scenario() -> None:
+        assert source.read() is None  # never listed: the agent serves what it has on disk
+        task = asyncio.create_task(source.run(marks.append))
+        while not source.synced:
+            await asyncio.sleep(0.02)
+        snap = source.read()
+        assert snap is not None and sorted(s for s, _ in snap.docs) == [f"{prefix}lb-{i}" for i in range(5)]
+        listed = source.last_read
+        assert listed is not None and listed.revision == source.revision
+        await asyncio.to_thread(etcd.put, f"{prefix}lb-9", http_lb("lb-9", 1009))
+        await asyncio.to_thread(etcd.ctl, "del", f"{prefix}lb-0")
+        while f"{prefix}lb-9" not in source._values or f"{prefix}lb-0" in source._values:
+            await asyncio.sleep(0.02)
+        snap = source.read()
+        assert snap is not None and snap.files_read == 1  # only the new value parsed again
+        assert source.last_read is not None and source.last_read.roots["lb-9"][1] == source.revision - 1
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert [e["keys"] for e in events if e["event"] == "etcd_listed"] == [5]
+    assert marks
+
+
+def test_fleet_status_without_agents_and_without_etcd(etcd: Etcd, tmp_path: Path):
+    etcd.put("/lonely/desired/lb-x", http_lb("lb-x", 1))
+    keys = {"etcd_endpoints": [etcd.url], "etcd_prefix": "/lonely/desired/", "etcd_status_prefix": "/lonely/status/"}
+    out = subprocess.run(
+        [*CLBAGENT, "fleet", "status", "--config", str(_config(tmp_path, **keys))], capture_output=True, text=True
+    )
+    assert out.returncode == 3 and "lb-x" in out.stdout and "(no agent)" in out.stdout
+
+    keys["etcd_endpoints"] = ["127.0.70.1:23799"]  # nothing listens there
+    out = subprocess.run(
+        [*CLBAGENT, "fleet", "status", "--config", str(_config(tmp_path, **keys))], capture_output=True, text=True
+    )
+    assert out.returncode == 1 and out.stderr.startswith("clbagent fleet status: cannot read etcd (127.0.70.1:23799)")
+    assert "Traceback" not in out.stderr
