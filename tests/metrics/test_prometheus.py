@@ -3,6 +3,9 @@ figure is read back through Prometheus' HTTP API (docs/metrics.md)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import pytest
 import yaml
@@ -10,6 +13,7 @@ import yaml
 from tests.agent.conftest import host  # noqa: F401 - fixture
 from tests.metrics.conftest import free_port, wait_for
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "clbagent.json"
 VIP = "127.0.60.1"
 HOST = "www.example.com"
 APP = '{rule="loc-app",code="2xx",source="backend"}'
@@ -101,6 +105,15 @@ def test_prometheus_reads_rule_counters_by_source(host, status_backend, promethe
     wait_for(lambda: prom.value('clb_http_requests_total{rule="loc-new"}') == 1, 20, "the new rule counted")
     assert prom.value(f"clb_http_requests_total{APP}") == before + 101
     assert prom.value(f"resets(clb_http_requests_total{APP}[5m])") == 0
+
+    # every query of the dashboard is valid PromQL for this Prometheus; the L7 panels show lb-m's data
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    for panel in panels:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$lb", "lb-m").replace("$__rate_interval", "1m")
+            result = prom.api("query", query=expr)["result"]  # raises unless Prometheus accepts it
+            if "clb_http_requests_total" in expr:
+                assert result, f"{panel['title']}: no data for {expr}"
 
 
 @pytest.mark.parametrize("host", ["static"], indirect=True)
