@@ -16,6 +16,7 @@ The order of an apply:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import time
@@ -164,6 +165,8 @@ class Engine:
         self, docs: list[tuple[str, Any]], load_issues: list[Issue], failed_files: set[str], full: bool = False
     ) -> ApplyReport:
         """Apply the documents; ``full`` validates and compiles everything again (periodic resync)."""
+        if full:
+            gc.unfreeze()  # what earlier commits froze is collected again like everything else
         report = ApplyReport(generation=self.good.generation)
         t = time.perf_counter()
         new = self.desired.validate(docs, full)
@@ -581,6 +584,9 @@ class Engine:
         self.revisions.keep({s for s, _ in docs} | set(self.good.documents))
         gens = self.nginx.generations
         gens.prune(self.config.keep_generations, {generation} if generation is not None else set())
+        # The committed state lives until the next change. Frozen, it is no longer scanned by the
+        # collector: a full collection over a thousand load balancers costs more than an edit.
+        gc.freeze()
 
     def _note_quarantine(
         self,
