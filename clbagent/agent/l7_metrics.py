@@ -93,56 +93,84 @@ def _value(v: float) -> str:
     return str(v) if isinstance(v, int) else floatToGoString(v)
 
 
-class _Text:
-    """The samples of one scrape, by family."""
+Lines = dict[str, list[str]]  # family → sample lines
+Cache = dict[str, tuple[Mapping[str, float], list[tuple[str, list[str]]]]]
 
-    def __init__(self, buckets: Iterable[float]):
-        self.samples: dict[str, list[str]] = {name: [] for name in FAMILIES}
+
+def _add(out: Lines, family: str, labels: str, value: float, sample: str = "") -> None:
+    series = f"{family}{sample}{{{labels}}}" if labels else family
+    out[family].append(f"{series} {_value(value)}\n")
+
+
+class _Text:
+    """The samples of one scrape, by family. The lines of a scope or member whose counters did not
+    move since the last scrape are taken from ``cache`` (an idle rule costs a dict comparison)."""
+
+    def __init__(self, buckets: Iterable[float], cache: Cache):
+        self.samples: Lines = {name: [] for name in FAMILIES}
         names = [format(b, "g") for b in buckets] + ["+Inf"]  # the Lua side's field names
         self.les = [floatToGoString(b) for b in buckets] + ["+Inf"]
         self.fields = {kind: [f"{kind} {name}" for name in names] for kind in ("rt", "ut")}
+        self.cache, self.kept = cache, {}
 
-    def add(self, family: str, labels: str, value: float, sample: str = "") -> None:
-        self.samples[family].append(f"{family}{sample}{{{labels}}} {_value(value)}\n")
+    def add(self, family: str, labels: str, value: float) -> None:
+        _add(self.samples, family, labels, value)
 
-    def _histogram(self, family: str, labels: str, f: Mapping[str, float], kind: str) -> None:
+    def _cached(self, key: str, f: Mapping[str, float], build: Callable[[Lines], None]) -> None:
+        hit = self.cache.get(key)
+        if hit is None or hit[0] != f:
+            out: Lines = defaultdict(list)
+            build(out)
+            hit = (f, list(out.items()))
+        self.kept[key] = hit
+        for family, lines in hit[1]:
+            self.samples[family].extend(lines)
+
+    def _histogram(self, out: Lines, family: str, labels: str, f: Mapping[str, float], kind: str) -> None:
         counts = [f.get(field, 0) for field in self.fields[kind]]
         if not any(counts):
             return
-        lines, total, prefix = self.samples[family], 0, f'{family}_bucket{{{labels},le="'
+        lines, total, prefix = out[family], 0, f'{family}_bucket{{{labels},le="'
         for n, le in zip(counts, self.les, strict=True):
             total += n  # counts are integers
             lines.append(f'{prefix}{le}"}} {total}\n')
         lines.append(f"{family}_count{{{labels}}} {total}\n")
         lines.append(f"{family}_sum{{{labels}}} {_value(f.get(f'{kind} sum', 0))}\n")
 
-    def _by_class(self, family: str, labels: str, f: Mapping[str, float]) -> None:
+    @staticmethod
+    def _by_class(out: Lines, family: str, labels: str, f: Mapping[str, float]) -> None:
         for cls in CLASSES:
             for source in SOURCES:
                 n = f.get(f"req {cls} {source}")
                 if n:
-                    self.add(family, f'{labels},code="{cls}",source="{source}"', n)
+                    _add(out, family, f'{labels},code="{cls}",source="{source}"', n)
 
-    def rule(self, labels: str, f: Mapping[str, float]) -> None:
-        self._by_class("clb_http_requests_total", labels, f)
-        for code in CODES:
-            for source in SOURCES:
-                n = f.get(f"code {code} {source}")
-                if n:
-                    self.add("clb_http_responses_total", f'{labels},code="{code}",source="{source}"', n)
-        self.add("clb_http_response_timeouts_total", labels, f.get("timeouts", 0))
-        self.add("clb_http_bytes_total", f'{labels},direction="in"', f.get("bytes in", 0))
-        self.add("clb_http_bytes_total", f'{labels},direction="out"', f.get("bytes out", 0))
-        self.add("clb_http_new_connections_total", labels, f.get("conns", 0))
-        self._histogram("clb_http_request_duration_seconds", labels, f, "rt")
-        self._histogram("clb_http_upstream_response_seconds", labels, f, "ut")
+    def rule(self, scope: str, labels: str, f: Mapping[str, float]) -> None:
+        def build(out: Lines) -> None:
+            self._by_class(out, "clb_http_requests_total", labels, f)
+            for code in CODES:
+                for source in SOURCES:
+                    n = f.get(f"code {code} {source}")
+                    if n:
+                        _add(out, "clb_http_responses_total", f'{labels},code="{code}",source="{source}"', n)
+            _add(out, "clb_http_response_timeouts_total", labels, f.get("timeouts", 0))
+            _add(out, "clb_http_bytes_total", f'{labels},direction="in"', f.get("bytes in", 0))
+            _add(out, "clb_http_bytes_total", f'{labels},direction="out"', f.get("bytes out", 0))
+            _add(out, "clb_http_new_connections_total", labels, f.get("conns", 0))
+            self._histogram(out, "clb_http_request_duration_seconds", labels, f, "rt")
+            self._histogram(out, "clb_http_upstream_response_seconds", labels, f, "ut")
 
-    def member(self, labels: str, f: Mapping[str, float]) -> None:
-        self._by_class("clb_http_backend_requests_total", labels, f)
-        self.add("clb_http_backend_response_seconds", labels, f.get("ut count", 0), "_count")
-        self.add("clb_http_backend_response_seconds", labels, f.get("ut sum", 0), "_sum")
-        self.add("clb_http_backend_bytes_total", f'{labels},direction="in"', f.get("bytes in", 0))
-        self.add("clb_http_backend_bytes_total", f'{labels},direction="out"', f.get("bytes out", 0))
+        self._cached(scope, f, build)
+
+    def member(self, key: str, labels: str, f: Mapping[str, float]) -> None:
+        def build(out: Lines) -> None:
+            self._by_class(out, "clb_http_backend_requests_total", labels, f)
+            _add(out, "clb_http_backend_response_seconds", labels, f.get("ut count", 0), "_count")
+            _add(out, "clb_http_backend_response_seconds", labels, f.get("ut sum", 0), "_sum")
+            _add(out, "clb_http_backend_bytes_total", f'{labels},direction="in"', f.get("bytes in", 0))
+            _add(out, "clb_http_backend_bytes_total", f'{labels},direction="out"', f.get("bytes out", 0))
+
+        self._cached(key, f, build)
 
     def text(self) -> str:
         out = []
@@ -155,36 +183,38 @@ class _Text:
 
 
 def exposition(
-    counters: Counters | None, available: bool, served: set[str] | None, l4: Mapping[str, Mapping[str, float]]
-) -> str:
+    counters: Counters | None,
+    available: bool,
+    served: set[str] | None,
+    l4: Mapping[str, Mapping[str, float]],
+    cache: Cache | None = None,
+) -> tuple[str, Cache]:
     """The Prometheus text of the L7 families (``counters`` None: nginx could not be read) and of
-    the instance totals."""
-    text = _Text(counters.buckets if counters else ())
-    text.samples["clb_http_metrics_available"].append(f"clb_http_metrics_available {int(available)}\n")
+    the instance totals; and the cache for the next scrape (pass the last one in)."""
+    text = _Text(counters.buckets if counters else (), cache or {})
+    text.add("clb_http_metrics_available", "", int(available))
     if available:
-        text.samples["clb_http_stats_up"].append(f"clb_http_stats_up {int(counters is not None)}\n")
+        text.add("clb_http_stats_up", "", int(counters is not None))
     rules: dict[str, dict[str, float]] = defaultdict(dict)
-    members: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    members: dict[str, dict[str, float]] = defaultdict(dict)
     for key, value in (counters.values if counters else {}).items():
-        parts = key.split("\t")
-        if len(parts) == 2:
-            rules[parts[0]][parts[1]] = value
-        elif len(parts) == 3:
-            members[(parts[0], parts[1])][parts[2]] = value
+        head, _, field = key.rpartition("\t")
+        (members if "\t" in head else rules)[head][field] = value
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for scope, f in rules.items():
         found = _scope_labels(scope)
         if found is None or (served is not None and found[0] not in served):
             continue
-        text.rule(found[1], f)
+        text.rule(scope, found[1], f)
         t = totals[found[0]]
         t[0] += f.get("bytes in", 0)
         t[1] += f.get("bytes out", 0)
-    for (scope, member), f in members.items():
+    for key, f in members.items():
+        scope, _, member = key.partition("\t")
         found = _scope_labels(scope)
         if found is None or (served is not None and found[0] not in served):
             continue
-        text.member(f'{found[1]},target="{_escape(member)}"', f)
+        text.member(key, f'{found[1]},target="{_escape(member)}"', f)
     for lb, c in sorted(l4.items()):  # L4: the kernel's IP bytes and packets (nginx sees no packets)
         t = totals[lb]
         t[0] += c.get("bytes_in", 0)
@@ -195,7 +225,7 @@ def exposition(
     for lb, (bytes_in, bytes_out) in sorted(totals.items()):
         text.add("clb_instance_bytes_total", f'load_balancer="{_escape(lb)}",direction="in"', bytes_in)
         text.add("clb_instance_bytes_total", f'load_balancer="{_escape(lb)}",direction="out"', bytes_out)
-    return text.text()
+    return text.text(), text.kept
 
 
 class L7Metrics:
@@ -212,6 +242,7 @@ class L7Metrics:
         self.read = read
         self.served = served
         self.l4_totals = l4_totals
+        self._cache: Cache = {}
 
     def text(self) -> str:
         counters = None
@@ -224,4 +255,6 @@ class L7Metrics:
             l4 = self.l4_totals() if self.l4_totals else {}
         except OSError:  # the kernel's counters are read on their own (clb_l4_stats_up)
             l4 = {}
-        return exposition(counters, self.read is not None, self.served() if self.served else None, l4)
+        served = self.served() if self.served else None
+        text, self._cache = exposition(counters, self.read is not None, served, l4, self._cache)
+        return text
