@@ -72,7 +72,7 @@ class L4Plane:
     def stats(self) -> dict[ServiceKey, ServiceStats]:
         """The kernel's counters of the applied plan's services, read on a channel of their own
         (a scrape runs in another thread than the applies)."""
-        if not self.available or not self.plan.services:
+        if not self.plan.services:  # nothing applied yet (or no IPVS here): nothing to read
             return {}
         from clbagent.l4.kernel import IpvsKernel
         from clbagent.l4.stats import read_stats

@@ -7,8 +7,9 @@ Two kinds of pass:
   periodic repair (``full=True``) and any pass after a netlink error are full.
 - **incremental** (the default once a full pass has succeeded): the reconciler keeps the table as
   it last dumped it and as the kernel then acknowledged every operation (its *view*), and diffs
-  only the services whose plan changed since the last good pass, plus those it still drains (whose
-  destinations it reads again for their connection counters). A one-target change costs one
+  only the services whose plan changed since the last good pass, plus those it still drains. A
+  service losing a destination has its destinations read again first (whether that destination
+  drains or goes depends on its connections now). A one-target change costs one
   operation and no dump. If the kernel refuses anything, the pass is undone and a full one
   follows at once.
 
@@ -46,6 +47,14 @@ class PassReport:
         out = [str(r) for r in self.failed]
         out += [f"undo failed: {r}" for r in self.undone if r.error]
         return out
+
+
+def _loses_dests(have: KernelService, want: VirtualService | None) -> bool:
+    """Whether a destination of ``have`` is not in ``want`` (or the whole service left the plan)."""
+    if want is None:
+        return True
+    keep = {d.key for d in want.destinations}
+    return any(k not in keep for k in have.dests)
 
 
 class Reconciler:
@@ -108,9 +117,10 @@ class Reconciler:
         wanted = plan.by_key()
         keys = {k for k, svc in wanted.items() if self.applied.get(k) != svc}
         keys |= {k for k in view if k not in wanted}  # left the plan: drained or deleted
-        drained = {k for k, _address, _port in self.draining if k in view}
-        view.update(self.kernel.refresh(view[k] for k in drained))
-        keys |= drained
+        keys |= {k for k, _address, _port in self.draining}
+        # Whether a destination leaving the plan drains or goes depends on its connections now.
+        recount = [view[k] for k in keys if k in view and _loses_dests(view[k], wanted.get(k))]
+        view.update(self.kernel.refresh(recount))
         part = IpvsPlan(tuple(wanted[k] for k in sorted(keys) if k in wanted), plan.vips)
         return part, {k: view[k] for k in keys if k in view}
 

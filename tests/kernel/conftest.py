@@ -61,10 +61,10 @@ def _setns(fd: int) -> None:
         raise OSError(ctypes.get_errno(), "setns")
 
 
-def client_socket(kind: int = socket.SOCK_STREAM, v6: bool = False) -> socket.socket:
-    """A socket living in the client namespace."""
+def socket_in(ns: str, kind: int = socket.SOCK_STREAM, v6: bool = False) -> socket.socket:
+    """A socket living in network namespace ``ns``, opened from this process."""
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open("/run/netns/cli", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
     try:
         _setns(target)
         try:
@@ -74,6 +74,11 @@ def client_socket(kind: int = socket.SOCK_STREAM, v6: bool = False) -> socket.so
     finally:
         os.close(home)
         os.close(target)
+
+
+def client_socket(kind: int = socket.SOCK_STREAM, v6: bool = False) -> socket.socket:
+    """A socket living in the client namespace."""
+    return socket_in("cli", kind, v6)
 
 
 class Conn:

@@ -6,14 +6,31 @@ passes are the incremental ones the agent runs between two full repairs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-from clbagent.l4 import target_key
+from clbagent.l4 import plan_ipvs, target_key
 from clbagent.l4.kernel import IpvsKernel
 from clbagent.l4.reconcile import Reconciler
-from tests.kernel.conftest import BACKEND_PORT, VIP4, Conn, backend_addr, client_socket, ipvsadm_rules, spread, tcp_once
+from tests.kernel.conftest import (
+    BACKEND_PORT,
+    VIP4,
+    Conn,
+    backend_addr,
+    client_socket,
+    ipvsadm_rules,
+    socket_in,
+    spread,
+    tcp_once,
+)
 from tests.kernel.test_ipvs import doc, listener
-from tests.l4.build import plan_of
+from tests.l4.build import plan_of, state_of, tcp
 
 LISTENERS = {"lbl-tcp-80": 80, "lbl-tcp-81": 81, "lbl-udp-53": 53}
 
@@ -81,3 +98,96 @@ def test_a_dead_target_gets_no_new_connection_no_persistent_client_and_no_datagr
     finally:
         flow.close()
         held.close()
+
+
+class _Backend:
+    """A TCP backend in namespace b3 served from this process (a new process costs many seconds
+    in the VM): answers every line with ``b3x``. ``stop`` closes the port, ``start`` reopens it."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.sock: socket.socket | None = None
+
+    def start(self) -> None:
+        sock = socket_in("b3")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((backend_addr(3), self.port))
+        sock.listen(64)
+        self.sock = sock
+        threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as lines:
+                for _line in lines:
+                    conn.sendall(b"b3x\n")
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):  # wakes the accept() of the serving thread
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+            self.sock = None
+
+
+def test_a_backend_that_really_dies_leaves_ipvs_within_the_bound_and_comes_back(kernel: IpvsKernel) -> None:
+    """The health monitor probes the targets; its down keys go into the plan; an incremental pass
+    takes them to the kernel. Bounds: IntervalTime x UnHealthNum + 1 s, IntervalTime x HealthNum + 1 s."""
+    from clbagent.health.monitor import Monitor
+    from clbagent.health.spec import derive
+    from clbagent.health.state import ALIVE, HealthStore
+
+    interval, rise, fall, port = 5, 2, 2, 9090
+    check = {"HealthSwitch": 1, "IntervalTime": interval, "HealthNum": rise, "UnHealthNum": fall, "TimeOut": 2}
+    document = doc(tcp(82, [(backend_addr(1), BACKEND_PORT, 1), (backend_addr(3), port, 1)], HealthCheck=check))
+    state = state_of(document)
+    dead_key = target_key("lb-l4", "lbl-tcp-82", f"{backend_addr(3)}:{port}")
+    backend = _Backend(port)
+    backend.start()
+    rec = Reconciler(kernel)
+    assert rec.run(plan_ipvs(state)).ok
+    down: list[frozenset[str]] = [frozenset()]
+    monitor: list[Monitor] = []
+    stop = threading.Event()
+
+    async def probe() -> None:
+        loop = asyncio.get_running_loop()
+        m = Monitor(loop, HealthStore(Path(tempfile.mkdtemp(prefix="clb-health-"))), lambda _t, d: down.append(d))
+        m.update(derive(state, frozenset({VIP4})))
+        monitor.append(m)
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        m.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(probe(),), daemon=True)
+    thread.start()
+
+    def follow(until: Callable[[], bool], limit: float) -> float:
+        """Apply every new down set to the kernel until ``until()``; the seconds it took."""
+        start, applied = time.monotonic(), down[-1]
+        while not until():
+            assert time.monotonic() - start < limit + 10, f"not within {limit} s: {down[-1]}"
+            if down[-1] != applied:
+                applied = down[-1]
+                assert rec.run(plan_ipvs(state, applied)).ok
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+    try:
+        follow(lambda: bool(monitor) and all(r["state"] == ALIVE for r in monitor[0].rows()), interval * (rise + 1))
+        backend.stop()
+        took = follow(lambda: dead_key in down[-1], interval * fall + 1)
+        assert took <= interval * fall + 1 + 2, took  # + 2 s: the emulated VM is slow
+        assert set(spread(tcp_once, VIP4, 82, 4)) == {"b1"}
+        backend.start()
+        took = follow(lambda: dead_key not in down[-1], interval * rise + 1)
+        assert took <= interval * rise + 1 + 2, took
+        assert set(spread(tcp_once, VIP4, 82, 6)) == {"b1", "b3x"}
+    finally:
+        stop.set()
+        thread.join(10)
+        backend.stop()
