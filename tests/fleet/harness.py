@@ -16,8 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import yaml
 
 from clbagent.nginx.controller import NginxController
+from tests.agent.conftest import wait_for
 
 BIN = Path(sys.executable).parent
 ETCD, ETCDCTL = BIN / "etcd", BIN / "etcdctl"
@@ -32,16 +31,6 @@ ETCD_IP = "127.0.70.1"
 VIP = "127.0.70.10"
 CLBAGENT = [sys.executable, "-m", "clbagent.cli"]
 PREFIX, STATUS_PREFIX = "/clb/desired/", "/clb/status/"
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Etcd:
