@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from ipaddress import ip_address
 from typing import Literal
 
@@ -53,7 +54,7 @@ class Check:
     def family(self) -> int:
         return ip_address(self.address).version
 
-    @property
+    @cached_property
     def key(self) -> str:
         """A stable name of the check, under which its state is persisted."""
         fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in asdict(self).items()}

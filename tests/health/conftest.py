@@ -29,7 +29,7 @@ class _Handler(BaseHTTPRequestHandler):
             backend.probes.append((self.command, self.path, self.headers.get("Host", ""), self.client_address[0]))
             status, delay = backend.status, backend.delay
         else:
-            backend.hits += 1
+            backend.hit_times.append(time.monotonic())
             status, delay = 200, 0.0
         if delay:
             time.sleep(delay)
@@ -58,7 +58,8 @@ class HttpBackend:
 
     def __init__(self, ip: str, label: str, tls: ssl.SSLContext | None = None):
         self.ip, self.label, self.port, self.tls = ip, label, 0, tls
-        self.status, self.delay, self.hits = 200, 0.0, 0
+        self.status, self.delay = 200, 0.0
+        self.hit_times: list[float] = []  # requests other than health checks
         self.probes: list[tuple[str, str, str, str]] = []  # method, path, Host, source address
         self._server: _Server | None = None
         self.start()
@@ -72,12 +73,20 @@ class HttpBackend:
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         self._server = server
 
+    @property
+    def hits(self) -> int:
+        return len(self.hit_times)
+
     def stop(self) -> None:
         """The process is gone: the port refuses connections."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.ip}:{self.port}"
 
     def target(self, weight: int = 10) -> dict[str, Any]:
         return {"EniIp": self.ip, "Port": self.port, "Weight": weight}
@@ -106,6 +115,10 @@ class UdpResponder:
             answer = self.reply if data == self.request and not self.wrong else b"\x00\x00nope"
             with contextlib.suppress(OSError):
                 self.sock.sendto(answer, peer)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.ip}:{self.port}"
 
     def close(self) -> None:
         self._stop.set()
