@@ -195,11 +195,8 @@ def exposition(
     text.add("clb_http_metrics_available", "", int(available))
     if available:
         text.add("clb_http_stats_up", "", int(counters is not None))
-    rules: dict[str, dict[str, float]] = defaultdict(dict)
-    members: dict[str, dict[str, float]] = defaultdict(dict)
-    for key, value in (counters.values if counters else {}).items():
-        head, _, field = key.rpartition("\t")
-        (members if "\t" in head else rules)[head][field] = value
+    rules = counters.scopes if counters else {}
+    members = counters.members if counters else {}
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for scope, f in rules.items():
         found = _scope_labels(scope)

@@ -43,13 +43,27 @@ class Scope:
         return cls(parts[0], parts[1], parts[2], unquote(parts[3]))
 
 
+Fields = dict[str, float]
+
+
 @dataclass(frozen=True)
 class Counters:
-    """One read of the shared dict: ``buckets`` (histogram upper bounds, seconds) and every counter
-    by its key (``<scope>\\t<field>`` or ``<scope>\\t<member>\\t<field>``)."""
+    """One read of the shared dict: ``buckets`` (histogram upper bounds, seconds), the counters of
+    each scope by field, and of each ``<scope>\\t<member>`` by field."""
 
     buckets: tuple[float, ...]
-    values: dict[str, float]
+    scopes: dict[str, Fields]
+    members: dict[str, Fields]
+
+    @classmethod
+    def from_keys(cls, buckets: tuple[float, ...], values: dict[str, float]) -> Counters:
+        """From the dict's own keys (``<scope>\\t<field>``, ``<scope>\\t<member>\\t<field>``)."""
+        scopes: dict[str, Fields] = {}
+        members: dict[str, Fields] = {}
+        for key, value in values.items():
+            head, _, field = key.rpartition("\t")
+            (members if "\t" in head else scopes).setdefault(head, {})[field] = value
+        return cls(buckets, scopes, members)
 
 
 class MetricsUnavailableError(Exception):
@@ -68,8 +82,8 @@ def read_counters(socket_path: Path, timeout: float = 2.0) -> Counters:
         raise MetricsUnavailableError(f"nginx control channel: {e}") from e
     if resp.status_code != 200:
         raise MetricsUnavailableError(f"nginx control channel: {resp.status_code} {data.get('error', '')}")
-    values = data.get("counters") or {}  # cjson writes an empty table as {}
-    return Counters(tuple(data.get("buckets") or ()), values)
+    # cjson writes an empty table as {} (and an empty list too)
+    return Counters(tuple(data.get("buckets") or ()), data.get("scopes") or {}, data.get("members") or {})
 
 
 def http_lines() -> tuple[str, str, str, str]:

@@ -61,7 +61,7 @@ def test_rule_member_histogram_and_instance_families():
         f"{gone}\treq 2xx backend": 4,  # a load balancer no longer served
     }
     l4 = {"lb-1": {"bytes_in": 100, "bytes_out": 50, "packets_in": 3, "packets_out": 2}}
-    text, _ = exposition(Counters(BUCKETS, values), True, {"lb-1"}, l4)
+    text, _ = exposition(Counters.from_keys(BUCKETS, values), True, {"lb-1"}, l4)
     got = _samples(text)
     rule = {"load_balancer": "lb-1", "listener": "lbl-1", "rule": "loc-1", "domain": ODD_DOMAIN}
     assert _get(got, "clb_http_requests_total", **rule, code="2xx", source="backend") == 7
@@ -127,7 +127,7 @@ def test_endpoint_serves_registry_and_l7_text(host):
         pytest.skip("no IPv6 loopback on this host")
     m = AgentMetrics()
     s = scope("lb-1", "lbl-1", "loc-1", "www.example.com")
-    m.watch_l7(lambda: Counters(BUCKETS, {f"{s}\treq 2xx backend": 3}), lambda: {"lb-1"})
+    m.watch_l7(lambda: Counters.from_keys(BUCKETS, {f"{s}\treq 2xx backend": 3}), lambda: {"lb-1"})
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host, 0))
         port = probe.getsockname()[1]
@@ -151,15 +151,15 @@ def _fetch(url: str) -> str:
 def test_unchanged_scopes_come_from_the_cache_and_changed_ones_are_new():
     s1, s2 = scope("lb-1", "lbl-1", "loc-1", "a.example.com"), scope("lb-1", "lbl-1", "loc-2", "a.example.com")
     values = {f"{s1}\treq 2xx backend": 1, f"{s2}\treq 2xx backend": 1, f"{s2}\t10.0.0.1:80\tut count": 1}
-    first, cache = exposition(Counters(BUCKETS, values), True, None, {})
-    again, cache = exposition(Counters(BUCKETS, dict(values)), True, None, {}, cache)
+    first, cache = exposition(Counters.from_keys(BUCKETS, values), True, None, {})
+    again, cache = exposition(Counters.from_keys(BUCKETS, dict(values)), True, None, {}, cache)
     assert again == first
     values[f"{s2}\treq 2xx backend"] = 5
     values[f"{s2}\t10.0.0.1:80\tut count"] = 2
-    later = _samples(exposition(Counters(BUCKETS, values), True, None, {}, cache)[0])
+    later = _samples(exposition(Counters.from_keys(BUCKETS, values), True, None, {}, cache)[0])
     rule = {"load_balancer": "lb-1", "listener": "lbl-1", "domain": "a.example.com"}
     assert _get(later, "clb_http_requests_total", **rule, rule="loc-1", code="2xx", source="backend") == 1
     assert _get(later, "clb_http_requests_total", **rule, rule="loc-2", code="2xx", source="backend") == 5
     assert _get(later, "clb_http_backend_response_seconds_count", **rule, rule="loc-2", target="10.0.0.1:80") == 2
-    _, cache = exposition(Counters(BUCKETS, {f"{s1}\treq 2xx backend": 1}), True, None, {}, cache)
+    _, cache = exposition(Counters.from_keys(BUCKETS, {f"{s1}\treq 2xx backend": 1}), True, None, {}, cache)
     assert set(cache) == {s1}  # what nginx no longer holds leaves the cache

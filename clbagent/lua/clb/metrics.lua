@@ -11,11 +11,12 @@
 --- restart empties it (the counters start again at zero, as Prometheus expects of a restart).
 ---
 --- Shared-dict keys: "<scope>\t<field>" and "<scope>\t<member>\t<field>", numbers. The agent
---- reads them all through the control channel (GET /metrics).
+--- reads them all through the control channel: GET /metrics answers
+--- {"buckets": [...], "scopes": {scope: {field: n}}, "members": {"<scope>\t<member>": {field: n}}}.
 local cjson = require("cjson.safe")
 
 local ngx = ngx
-local tonumber, pairs, find, match = tonumber, pairs, string.find, string.match
+local tonumber, pairs, find, match, sub = tonumber, pairs, string.find, string.match, string.sub
 
 local M = {}
 
@@ -246,11 +247,27 @@ function M.dump()
     ngx.say('{"error":"this nginx counts no metrics (no lua_shared_dict clb_metrics)","path":""}')
     return ngx.exit(ngx.HTTP_OK)
   end
-  local counters = {}
+  -- grouped here, once per key, so that the agent gets small nested objects and splits nothing
+  local scope_counts, member_counts = {}, {}
   for _, key in ipairs(dict:get_keys(0)) do
-    counters[key] = dict:get(key)
+    local a = find(key, "\t", 1, true)
+    local b = a and find(key, "\t", a + 1, true)
+    local group, head, field
+    if b then
+      group, head, field = member_counts, sub(key, 1, b - 1), sub(key, b + 1)
+    elseif a then
+      group, head, field = scope_counts, sub(key, 1, a - 1), sub(key, a + 1)
+    end
+    if group then
+      local t = group[head]
+      if not t then
+        t = {}
+        group[head] = t
+      end
+      t[field] = dict:get(key)
+    end
   end
-  ngx.say(cjson.encode({ buckets = BUCKETS, counters = counters }))
+  ngx.say(cjson.encode({ buckets = BUCKETS, scopes = scope_counts, members = member_counts }))
   return ngx.exit(ngx.HTTP_OK)
 end
 
