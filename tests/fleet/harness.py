@@ -37,10 +37,13 @@ class Etcd:
     """One etcd member with its own data directory: TCP on 127.0.70.1 for the tests, a unix
     socket for the agents in their namespaces. It can be killed and started again on the same data."""
 
-    def __init__(self, base: Path, client_port: int = 23790):
+    def __init__(self, base: Path, client_port: int = 23790, tls: Path | None = None):
+        """``tls``: a directory with ca.pem, server.pem/.key and client.pem/.key: clients must then
+        present a certificate of that CA (and there is no unix socket)."""
         self.base = base
         self.data = base / "data"
-        self.url = f"http://{ETCD_IP}:{client_port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://{ETCD_IP}:{client_port}"
         self.peer = f"http://{ETCD_IP}:{client_port + 1}"
         self.socket = base / "etcd.sock:0"  # etcd wants host:port even for a unix socket (cwd-relative)
         self.proc: subprocess.Popen | None = None
@@ -56,12 +59,13 @@ class Etcd:
                 str(ETCD),
                 "--name=fleet",
                 f"--data-dir={self.data}",
-                f"--listen-client-urls={self.url},unix://{self.socket.name}",
+                f"--listen-client-urls={self.url}" + ("" if self.tls else f",unix://{self.socket.name}"),
                 f"--advertise-client-urls={self.url}",
                 f"--listen-peer-urls={self.peer}",
                 f"--initial-advertise-peer-urls={self.peer}",
                 f"--initial-cluster=fleet={self.peer}",
                 "--log-level=error",
+                *self._tls_flags(),
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.base / "etcd.log", "a"),  # noqa: SIM115 - closed with the process
@@ -69,8 +73,19 @@ class Etcd:
         )
         wait_for(self._healthy, 30, "etcd to serve", 0.1)
 
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        files = ("cert-file=server.pem", "key-file=server.key", "trusted-ca-file=ca.pem")
+        return ["--client-cert-auth", *(f"--{flag.replace('=', f'={self.tls}/')}" for flag in files)]
+
     def _healthy(self) -> bool:
-        return self.ctl("endpoint", "health", check=False).returncode == 0 and self.socket.exists()
+        up = self.ctl("endpoint", "health", check=False).returncode == 0
+        return up and (self.tls is not None or self.socket.exists())
+
+    def _ctl_tls(self) -> list[str]:
+        t = self.tls
+        return [] if t is None else [f"--cacert={t}/ca.pem", f"--cert={t}/client.pem", f"--key={t}/client.key"]
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -80,7 +95,7 @@ class Etcd:
 
     def ctl(self, *args: str, check: bool = True, data: bytes | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(ETCDCTL), f"--endpoints={self.url}", "--command-timeout=5s", *args],
+            [str(ETCDCTL), f"--endpoints={self.url}", "--command-timeout=5s", *self._ctl_tls(), *args],
             input=data,
             capture_output=True,
             check=check,

@@ -4,17 +4,32 @@ listing in pages at one revision, the watch, and `fleet status` without agents."
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from clbagent.agent.config import AgentConfig, ConfigError
 from clbagent.agent.etcd import source as etcd_source
 from clbagent.agent.etcd.source import EtcdSource, parse_value
 from clbagent.settings import DEFAULT_SETTINGS
-from tests.fleet.harness import CLBAGENT, Etcd, http_lb
+from tests.fleet.harness import CLBAGENT, ETCD_IP, Etcd, http_lb
+
+
+def _recorder(events: list[dict]) -> Callable[..., None]:
+    def log(event: str, **fields: object) -> None:
+        events.append({"event": event, **fields})
+
+    return log
 
 
 def _config(tmp_path: Path, **keys: object) -> Path:
@@ -79,7 +94,7 @@ def test_listing_in_pages_then_watching(etcd: Etcd, tmp_path: Path, monkeypatch:
         etcd.put(f"{prefix}lb-{i}", http_lb(f"lb-{i}", 1000 + i))
     config = AgentConfig(source="etcd", etcd_endpoints=[etcd.url], etcd_prefix=prefix, state_dir=tmp_path)
     events: list[dict] = []
-    source = EtcdSource(config, DEFAULT_SETTINGS, lambda event, **f: events.append({"event": event, **f}))
+    source = EtcdSource(config, DEFAULT_SETTINGS, _recorder(events))
     marks: list[str] = []
 
     async def scenario() -> None:
@@ -119,3 +134,84 @@ def test_fleet_status_without_agents_and_without_etcd(etcd: Etcd, tmp_path: Path
     )
     assert out.returncode == 1 and out.stderr.startswith("clbagent fleet status: cannot read etcd (127.0.70.1:23799)")
     assert "Traceback" not in out.stderr
+
+
+def _tls_files(directory: Path) -> Path:
+    """A CA, a server certificate for etcd's address (an IP SAN, as etcdctl checks) and a client
+    certificate, as files."""
+    from tests.l7.conftest import CA
+
+    ca = CA("etcd test CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcd")]))
+        .issuer_name(ca.name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ETCD_IP))]), False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    client = ca.issue("gw-tls", client=True)
+    directory.mkdir()
+    files = {
+        "ca.pem": ca.pem,
+        "server.pem": server.public_bytes(serialization.Encoding.PEM).decode(),
+        "server.key": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        "client.pem": client.cert,
+        "client.key": client.key,
+    }
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def _first_listing(config: AgentConfig) -> tuple[Any, list[dict]]:
+    """What a new source reads once it listed etcd or failed to (within 5 s), and its events."""
+    events: list[dict] = []
+    source = EtcdSource(config, DEFAULT_SETTINGS, _recorder(events))
+
+    async def follow() -> None:
+        task = asyncio.create_task(source.run(lambda _: None))
+        for _ in range(100):
+            if source.synced or source.error:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(follow())
+    return source.read(), events
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path):
+    tls = _tls_files(tmp_path / "tls")
+    (tmp_path / "etcd").mkdir()
+    server = Etcd(tmp_path / "etcd", client_port=23795, tls=tls)
+    server.start()
+    try:
+        server.put("/tls/lb-t", http_lb("lb-t", 1))
+        results = {}
+        for label, keys in {
+            "with a client certificate": {"etcd_cert_file": tls / "client.pem", "etcd_key_file": tls / "client.key"},
+            "without": {},
+        }.items():
+            config = AgentConfig(
+                source="etcd",
+                etcd_endpoints=[server.url],
+                etcd_prefix="/tls/",
+                etcd_ca_file=tls / "ca.pem",
+                state_dir=tmp_path,
+                **keys,
+            )
+            results[label] = _first_listing(config)
+        snap, _ = results["with a client certificate"]
+        assert snap is not None and [s for s, _ in snap.docs] == ["/tls/lb-t"]
+        snap, events = results["without"]
+        assert snap is None and events[0]["event"] == "etcd_unreachable" and "handshake" in events[0]["error"].lower()
+    finally:
+        server.kill()
