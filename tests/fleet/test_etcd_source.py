@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aetcd
 import pytest
 import yaml
 from cryptography import x509
@@ -215,3 +216,38 @@ def test_tls_with_a_client_certificate(tmp_path: Path):
         assert snap is None and events[0]["event"] == "etcd_unreachable" and "handshake" in events[0]["error"].lower()
     finally:
         server.kill()
+
+
+def test_a_watch_that_stops_delivering_is_replaced_by_a_new_listing(
+    etcd: Etcd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """etcd can cancel a watch in ways aetcd does not report (the events just stop): the audit
+    notices that the values held never reach etcd's state, and the prefix is listed again."""
+    monkeypatch.setattr(etcd_source, "AUDIT_EVERY", 0.3)
+    monkeypatch.setattr(etcd_source, "AUDIT_GRACE", 0.5)
+    created = aetcd.watcher.Watcher._handle_response
+
+    async def deaf(self: aetcd.Watcher, response: Any) -> None:
+        if response.created:  # the watch is set up, and then no event ever arrives
+            await created(self, response)
+
+    monkeypatch.setattr(aetcd.watcher.Watcher, "_handle_response", deaf)
+    prefix = "/deaf/"
+    etcd.put(f"{prefix}lb-1", http_lb("lb-1", 1))
+    config = AgentConfig(source="etcd", etcd_endpoints=[etcd.url], etcd_prefix=prefix, state_dir=tmp_path)
+    events: list[dict] = []
+    source = EtcdSource(config, DEFAULT_SETTINGS, _recorder(events))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(source.run(lambda _: None))
+        while not source.connected:
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(etcd.put, f"{prefix}lb-2", http_lb("lb-2", 2))
+        while f"{prefix}lb-2" not in source._values:
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert [e["event"] for e in events if e["event"] != "etcd_listed"][:1] == ["etcd_watch_stalled"]
+    snap = source.read()
+    assert snap is not None and sorted(s for s, _ in snap.docs) == [f"{prefix}lb-1", f"{prefix}lb-2"]

@@ -2,7 +2,8 @@
 
 The prefix is listed at one revision R (in pages, every page at R), then watched from R + 1; a lost
 connection resumes the watch at the last revision seen (its events are applied again, which
-changes nothing), so no event is skipped. Only a compacted revision forces a new listing. Until
+changes nothing), so no event is skipped. Only a compacted revision, or a watch that stopped
+delivering without an error (found by a periodic audit), forces a new listing. Until
 the first listing succeeds, :meth:`EtcdSource.read` returns ``None`` and the agent keeps serving
 the state it has on disk; after that, an unreachable etcd leaves the last values in place.
 
@@ -35,6 +36,13 @@ from clbagent.loader import DocumentError, _read_cert_files, parse_problem, pars
 from clbagent.settings import Settings
 
 PAGE = 500  # keys per listing request
+AUDIT_EVERY, AUDIT_GRACE = 60.0, 10.0  # seconds: how often the watch is checked, how long it may lag
+
+
+class WatchStalledError(Exception):
+    """The watch stopped delivering events without an error."""
+
+
 Log = Callable[..., None]
 
 
@@ -185,6 +193,9 @@ class EtcdSource:
             except aetcd.RevisionCompactedError as exc:  # the values held keep serving meanwhile
                 self.log("etcd_compacted", revision=self.revision, compacted=exc.compacted_revision, action="list")
                 listed = False
+            except WatchStalledError:
+                self.log("etcd_watch_stalled", revision=self.revision, action="list")
+                listed = False
             except ERRORS as exc:
                 await self._lost(exc, client, endpoints, backoff)
             finally:
@@ -227,12 +238,44 @@ class EtcdSource:
         """Events from the revision held on (inclusive: applying one twice changes nothing)."""
         watch = await client.watch_prefix(self.prefix, start_revision=max(self.revision, 1))
         self.connected, self.error = True, ""
-        async for event in watch:
-            kv = event.kv
-            with self._lock:
-                if event.kind == aetcd.EventKind.PUT:
-                    self._values[key_name(kv.key)] = (kv.mod_revision, kv.value)
-                else:
-                    self._values.pop(key_name(kv.key), None)
-                self.revision = max(self.revision, kv.mod_revision)
-            mark("etcd")
+        audit = asyncio.create_task(self._audit(client, watch))
+        try:
+            async for event in watch:
+                kv = event.kv
+                with self._lock:
+                    if event.kind == aetcd.EventKind.PUT:
+                        self._values[key_name(kv.key)] = (kv.mod_revision, kv.value)
+                    else:
+                        self._values.pop(key_name(kv.key), None)
+                    self.revision = max(self.revision, kv.mod_revision)
+                mark("etcd")
+        finally:
+            audit.cancel()
+        if audit.done() and not audit.cancelled() and audit.result():
+            raise WatchStalledError
+
+    async def _audit(self, client: aetcd.Client, watch: aetcd.Watch) -> bool:
+        """Every ``AUDIT_EVERY`` seconds, the keys and revisions under the prefix at etcd's current
+        revision H: within ``AUDIT_GRACE`` the values held must reach that state, or a later
+        revision. If they do not, the watch has stopped delivering (etcd can cancel a watch in ways
+        aetcd does not report), so it is cancelled and True is returned: a new listing follows.
+        A failed read returns False; the watch notices a lost connection itself."""
+        end = prefix_range_end(self.prefix)
+        while True:
+            await asyncio.sleep(AUDIT_EVERY)
+            request = rpc.RangeRequest(key=self.prefix, range_end=end, keys_only=True)
+            try:
+                response = await client.kvstub.Range(request, timeout=self.config.etcd_timeout)
+            except ERRORS:
+                return False
+            at, expected = response.header.revision, {key_name(kv.key): kv.mod_revision for kv in response.kvs}
+            deadline = asyncio.get_running_loop().time() + AUDIT_GRACE
+            while not self._reached(at, expected):
+                if asyncio.get_running_loop().time() > deadline:
+                    await watch.cancel()
+                    return True
+                await asyncio.sleep(0.1)
+
+    def _reached(self, at: int, expected: dict[str, int]) -> bool:
+        with self._lock:
+            return self.revision >= at or {k: mod for k, (mod, _) in self._values.items()} == expected
