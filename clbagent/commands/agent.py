@@ -109,6 +109,13 @@ def run_apply(args: Any) -> int:
     config = _load_config(args, "apply")
     if config is None:
         return EXIT_INVALID
+    if config.source == "etcd" and not args.paths:
+        print(
+            "clbagent apply: this config reads its documents from etcd, which `clbagent run` follows; name "
+            "document files to apply them once",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     engine = Engine(config)
     try:
         engine.store.lock()

@@ -251,3 +251,8 @@ def test_a_watch_that_stops_delivering_is_replaced_by_a_new_listing(
     assert [e["event"] for e in events if e["event"] != "etcd_listed"][:1] == ["etcd_watch_stalled"]
     snap = source.read()
     assert snap is not None and sorted(s for s, _ in snap.docs) == [f"{prefix}lb-1", f"{prefix}lb-2"]
+
+
+def test_apply_without_paths_refuses_an_etcd_config(tmp_path: Path):
+    out = subprocess.run([*CLBAGENT, "apply", "--config", str(_config(tmp_path))], capture_output=True, text=True)
+    assert out.returncode == 2 and "reads its documents from etcd" in out.stderr and "Traceback" not in out.stderr
