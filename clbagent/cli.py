@@ -7,21 +7,7 @@ import argparse
 import sys
 
 from clbagent import __version__
-from clbagent.commands import EXIT_UNAVAILABLE, agent, fleet, importer, render, validate
-
-
-def _unavailable(name: str, what: str, sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        name,
-        help=f"{what} (not in this build yet)",
-        description=f"{what}. Not available in this build yet: exits {EXIT_UNAVAILABLE}.",
-    )
-
-    def run(args: argparse.Namespace) -> int:
-        print(f"clbagent {name}: not available in this build yet", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-
-    p.set_defaults(run=run)
+from clbagent.commands import agent, fleet, health, importer, render, validate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_parser(sub)
     agent.add_parsers(sub)
     fleet.add_parser(sub)
-    _unavailable("health", "show the health of every target", sub)
+    health.add_parser(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """The status of the running agent, served on a root-only unix socket and read by `status`.
 
-The protocol is one JSON document per connection: the client sends a request line (``status``)
-and reads the answer until the server closes.
+The protocol is one JSON document per connection: the client sends a request line (``status``,
+``upstreams`` for the members nginx holds, ``health`` for every target's health) and reads the
+answer until the server closes.
 """
 
 from __future__ import annotations

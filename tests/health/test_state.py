@@ -143,3 +143,10 @@ def test_checks_of_a_state_are_shared_and_complete() -> None:
     other = derive(validate_documents([("a.yaml", _lb("lb-a", "127.0.50.1", HttpCheckPath="/other"))]))
     assert not set(other.subjects) & {http} and all(isinstance(c, Check) for c in other.subjects)
     assert len({c.key for c in probes.subjects}) == len(probes.subjects)
+
+
+def test_health_command_without_an_agent(tmp_path: Path, capsys) -> None:
+    from clbagent.cli import main
+
+    assert main(["health", "--socket", str(tmp_path / "none.sock")]) == 1
+    assert "no agent is running" in capsys.readouterr().err
