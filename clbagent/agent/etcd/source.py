@@ -253,6 +253,7 @@ class EtcdSource:
             audit.cancel()
         if audit.done() and not audit.cancelled() and audit.result():
             raise WatchStalledError
+        raise aetcd.ConnectionFailedError("the watch ended without an error")  # retried with backoff
 
     async def _audit(self, client: aetcd.Client, watch: aetcd.Watch) -> bool:
         """Every ``AUDIT_EVERY`` seconds, the keys and revisions under the prefix at etcd's current
