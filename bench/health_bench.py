@@ -170,23 +170,26 @@ async def scenario(kind: str, n: int, window: float, raw: bool, with_metrics: bo
 
     metrics = AgentMetrics()
     with tempfile.TemporaryDirectory() as tmp:
-        observe = metrics.observe_probe if with_metrics else None
+        done = [0]
+
+        def observe(kind: str, ok: bool, seconds: float) -> None:
+            done[0] += 1
+            if with_metrics:
+                metrics.observe_probe(kind, ok, seconds)
+
         monitor = Monitor(loop, HealthStore(Path(tmp)), on_change, observe, raw=raw)
         monitor.update(probes)
         t0 = time.monotonic()
         while monitor.counts()[ALIVE] < n and time.monotonic() - t0 < INTERVAL * (RISE + 3):
             await asyncio.sleep(0.5)
         alive_after = time.monotonic() - t0
-        probes_before = sum(s.value for m in metrics.probes.collect() for s in m.samples if s.name.endswith("_total"))
+        probes_before = done[0]
         c0, w0, lag = cpu(), time.monotonic(), 0.0
         while time.monotonic() - w0 < window:
             await asyncio.sleep(0.1)
             lag = max(lag, monitor.late)
         seconds, used = time.monotonic() - w0, cpu() - c0
-        probes_done = (
-            sum(s.value for m in metrics.probes.collect() for s in m.samples if s.name.endswith("_total"))
-            - probes_before
-        )
+        probes_done = done[0] - probes_before
         killed.update(f"{ip}:{port}" for ip, port in endpoints[:KILLED])
         closed = await listeners.close_first(KILLED)
         bound = INTERVAL * FALL + 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from ipaddress import ip_address
@@ -20,7 +20,6 @@ from clbagent.l4.plan import target_key
 from clbagent.l7.names import down_key
 from clbagent.model import HealthCheck, Listener, LoadBalancer, Rule, Target
 from clbagent.settings import Settings
-from clbagent.validate import DesiredState
 
 Kind = Literal["tcp", "http", "https", "tcp-custom", "udp", "ping"]
 DEFAULT_CHECK = HealthCheck.model_validate({})
@@ -83,13 +82,15 @@ class Probes:
     unchecked: list[Subject] = field(default_factory=list)  # HealthSwitch 0: not probed, always alive
 
 
-def derive(state: DesiredState, local: frozenset[str] = frozenset()) -> Probes:
-    """The checks of every served target with ``HealthSwitch`` 1; ``local``: the host's addresses
-    (a VIP among them is the probes' source)."""
+def derive(
+    load_balancers: Mapping[str, LoadBalancer], settings: Settings, local: frozenset[str] = frozenset()
+) -> Probes:
+    """The checks of every target of the served load balancers with ``HealthSwitch`` 1; ``local``:
+    the host's addresses (a VIP among them is the probes' source)."""
     out = Probes()
-    for lb_id, lb in sorted(state.load_balancers().items()):
+    for lb_id, lb in sorted(load_balancers.items()):
         for lis in lb.listeners:
-            for check, subject in _of_listener(lb_id, lb, lis, state.settings):
+            for check, subject in _of_listener(lb_id, lb, lis, settings):
                 if check is None:
                     out.unchecked.append(subject)
                 else:

@@ -211,11 +211,11 @@ class _Connection:
     def _timeout(self) -> None:
         self.timer = None
         # A reply the loop had no time to read is a reply: look once before giving up.
-        fds = [self.fd]
-        ready = select.select(fds if self.stage == "reply" else [], fds if self.stage == "connect" else [], [], 0)
-        if ready[0]:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN if self.stage == "reply" else select.POLLOUT)
+        if poller.poll(0) and self.stage == "reply":
             self._readable()
-        elif ready[1]:
+        elif poller.poll(0):
             self._connected()
         if self.sock.fileno() < 0:
             return
