@@ -27,7 +27,7 @@ from clbagent.agent.metrics import AgentMetrics
 from clbagent.agent.source import FileSource
 from clbagent.agent.status import serve
 from clbagent.agent.systemd import notify, watchdog_interval
-from clbagent.nginx.metrics_channel import Counters, read_counters
+from clbagent.nginx.metrics_channel import read_text
 from clbagent.nginx.upstreams_channel import SOCKET
 from clbagent.settings import SettingsError
 
@@ -67,7 +67,7 @@ class Agent:
             endpoint = self.config.metrics_endpoint
             if endpoint is not None:
                 self.metrics.watch_nginx(self.engine.nginx.workers)
-                self.metrics.watch_l7(self._l7_counters(), lambda: set(self.engine.good_units))
+                self.metrics.watch_l7(self._l7_text())
                 self.metrics.add_collector(L4Collector.of(self.engine.l4))
                 self.metrics.serve(*endpoint)
             server = await serve(self.config.status_socket, self.snapshot)
@@ -104,12 +104,12 @@ class Agent:
             return EtcdFeed(config, self.engine.settings, log)
         return FileSource([config.documents], config.cert_dir, self.engine.settings)
 
-    def _l7_counters(self) -> Callable[[], Counters] | None:
-        """What reads nginx's L7 counters at scrape time; None when nginx runs without Lua."""
+    def _l7_text(self) -> Callable[[], str] | None:
+        """What reads nginx's L7 metrics at scrape time; None when nginx runs without Lua."""
         if not self.engine.dynamic:
             return None
         ctl = self.config.nginx_root / SOCKET
-        return lambda: read_counters(ctl)
+        return lambda: read_text(ctl, self.engine.good_units)
 
     def mark(self, reason: str) -> None:
         now = time.monotonic()

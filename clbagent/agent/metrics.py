@@ -17,7 +17,6 @@ from prometheus_client.registry import Collector
 
 from clbagent.agent.engine import ApplyReport
 from clbagent.agent.l7_metrics import L4Totals, L7Metrics
-from clbagent.nginx.metrics_channel import Counters
 
 HEALTH_STATES = ("Alive", "Dead", "Unknown")
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -132,10 +131,10 @@ class AgentMetrics:
         if callable(totals):
             self.l4_totals = totals
 
-    def watch_l7(self, read: Callable[[], Counters] | None, served: Callable[[], set[str]]) -> None:
-        """The L7 families from nginx's counters (``read`` None: static mode, nothing counted) of
-        the load balancers ``served()`` names, and the instance totals (docs/metrics.md)."""
-        self.l7 = L7Metrics(read, served, lambda: self.l4_totals() if self.l4_totals else {})
+    def watch_l7(self, read: Callable[[], str] | None) -> None:
+        """The L7 families nginx writes (``read`` None: static mode, nothing counted) and the
+        instance totals (docs/metrics.md)."""
+        self.l7 = L7Metrics(read, lambda: self.l4_totals() if self.l4_totals else {})
 
     def exposition(self) -> bytes:
         """One scrape: the registry's families, then the L7 text (written directly: see l7_metrics)."""

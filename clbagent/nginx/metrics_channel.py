@@ -10,9 +10,9 @@ control channel (``GET /metrics``) at scrape time.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import httpx
 
@@ -28,62 +28,26 @@ def scope(load_balancer: str, listener: str, rule: str, domain: str) -> str:
     return f"{load_balancer}/{listener}/{rule}/{quote(domain, safe=_DOMAIN_SAFE)}"
 
 
-@dataclass(frozen=True)
-class Scope:
-    load_balancer: str
-    listener: str
-    rule: str
-    domain: str
-
-    @classmethod
-    def parse(cls, text: str) -> Scope | None:
-        parts = text.split("/")
-        if len(parts) != 4:
-            return None
-        return cls(parts[0], parts[1], parts[2], unquote(parts[3]))
-
-
-Fields = dict[str, float]
-
-
-@dataclass(frozen=True)
-class Counters:
-    """One read of the shared dict: ``buckets`` (histogram upper bounds, seconds), the counters of
-    each scope by field, and of each ``<scope>\\t<member>`` by field."""
-
-    buckets: tuple[float, ...]
-    scopes: dict[str, Fields]
-    members: dict[str, Fields]
-
-    @classmethod
-    def from_keys(cls, buckets: tuple[float, ...], values: dict[str, float]) -> Counters:
-        """From the dict's own keys (``<scope>\\t<field>``, ``<scope>\\t<member>\\t<field>``)."""
-        scopes: dict[str, Fields] = {}
-        members: dict[str, Fields] = {}
-        for key, value in values.items():
-            head, _, field = key.rpartition("\t")
-            (members if "\t" in head else scopes).setdefault(head, {})[field] = value
-        return cls(buckets, scopes, members)
-
-
 class MetricsUnavailableError(Exception):
     """nginx did not answer the counters (not running, no Lua module, a failed request)."""
 
 
-def read_counters(socket_path: Path, timeout: float = 2.0) -> Counters:
-    """``GET /metrics`` on the control channel (``<prefix>/run/ctl.sock``): plain HTTP over a unix
-    socket, no TLS context (building one costs ~0.1 s per scrape)."""
+def read_text(socket_path: Path, served: Iterable[str] | None = None, timeout: float = 5.0) -> str:
+    """``/metrics`` on the control channel (``<prefix>/run/ctl.sock``): the Prometheus text of the
+    L7 counters, written by nginx (``clb.metrics_text``), of the ``served`` load balancers only
+    (None: all). It ends with the header and the L7 samples of ``clb_instance_bytes_total``, so
+    that the L4 samples of that family can follow. Plain HTTP over a unix socket: no TLS context
+    (building one costs ~0.1 s per scrape)."""
     transport = httpx.HTTPTransport(uds=str(socket_path), verify=False)
     try:
         with httpx.Client(transport=transport, base_url="http://nginx", timeout=timeout, verify=False) as http:
-            resp = http.get("/metrics")
-        data = resp.json()
-    except (httpx.HTTPError, ValueError) as e:
+            body = None if served is None else {"served": sorted(served)}
+            resp = http.request("GET" if body is None else "POST", "/metrics", json=body)
+    except httpx.HTTPError as e:
         raise MetricsUnavailableError(f"nginx control channel: {e}") from e
     if resp.status_code != 200:
-        raise MetricsUnavailableError(f"nginx control channel: {resp.status_code} {data.get('error', '')}")
-    # cjson writes an empty table as {} (and an empty list too)
-    return Counters(tuple(data.get("buckets") or ()), data.get("scopes") or {}, data.get("members") or {})
+        raise MetricsUnavailableError(f"nginx control channel: {resp.status_code} {resp.text[:200]}")
+    return resp.text
 
 
 def http_lines() -> tuple[str, str, str, str]:

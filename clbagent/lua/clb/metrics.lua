@@ -10,10 +10,11 @@
 --- after a reload. The dict keeps its contents across a reload while its size is unchanged; a
 --- restart empties it (the counters start again at zero, as Prometheus expects of a restart).
 ---
---- Shared-dict keys: "<scope>\t<field>" and "<scope>\t<member>\t<field>", numbers. The agent
---- reads them all through the control channel: GET /metrics answers
---- {"buckets": [...], "scopes": {scope: {field: n}}, "members": {"<scope>\t<member>": {field: n}}}.
+--- Shared-dict keys: "<scope>\t<field>" and "<scope>\t<member>\t<field>", numbers. /metrics on
+--- the control channel answers their Prometheus text (clb.metrics_text); the agent adds it to its
+--- own.
 local cjson = require("cjson.safe")
+local text = require("clb.metrics_text")
 
 local ngx = ngx
 local tonumber, pairs, find, match, sub = tonumber, pairs, string.find, string.match, string.sub
@@ -238,16 +239,37 @@ function M.log(scope_var)
   end
 end
 
---- content_by_lua of GET /metrics on the control channel: every counter of the shared dict.
+--- The load balancers named by a POST body {"served": [id, ...]}; nil for a GET (all of them).
+local function served_of_body()
+  if ngx.req.get_method() ~= "POST" then
+    return nil
+  end
+  ngx.req.read_body()
+  local doc = cjson.decode(ngx.req.get_body_data() or "")
+  if type(doc) ~= "table" or type(doc.served) ~= "table" then
+    return nil, 'the body is not {"served": [load balancer IDs]}'
+  end
+  local served = {}
+  for _, id in ipairs(doc.served) do
+    if type(id) == "string" then
+      served[id] = true
+    end
+  end
+  return served
+end
+
+--- content_by_lua of /metrics on the control channel: the Prometheus text of every counter (GET),
+--- or of the load balancers a POST names (the agent's served ones: counters of a removed load
+--- balancer stay in the dict until nginx restarts, but are not reported).
 function M.dump()
   local dict = ngx.shared.clb_metrics
-  ngx.header["Content-Type"] = "application/json"
-  if not dict then
-    ngx.status = 404
-    ngx.say('{"error":"this nginx counts no metrics (no lua_shared_dict clb_metrics)","path":""}')
+  ngx.header["Content-Type"] = "text/plain; version=0.0.4"
+  local served, err = served_of_body()
+  if err or not dict then
+    ngx.status = err and 400 or 404
+    ngx.say(err or "this nginx counts no metrics (no lua_shared_dict clb_metrics)")
     return ngx.exit(ngx.HTTP_OK)
   end
-  -- grouped here, once per key, so that the agent gets small nested objects and splits nothing
   local scope_counts, member_counts = {}, {}
   for _, key in ipairs(dict:get_keys(0)) do
     local a = find(key, "\t", 1, true)
@@ -267,7 +289,7 @@ function M.dump()
       t[field] = dict:get(key)
     end
   end
-  ngx.say(cjson.encode({ buckets = BUCKETS, scopes = scope_counts, members = member_counts }))
+  ngx.print(text.render(scope_counts, member_counts, BUCKETS, served))
   return ngx.exit(ngx.HTTP_OK)
 end
 

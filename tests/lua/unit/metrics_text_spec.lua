@@ -1,0 +1,76 @@
+--- clb.metrics_text: the Prometheus text of grouped counters.
+
+_G.ngx = _G.ngx or {}
+ngx.unescape_uri = ngx.unescape_uri
+  or function(s)
+    return (s:gsub("%%(%x%x)", function(h)
+      return string.char(tonumber(h, 16))
+    end))
+  end
+package.loaded["clb.metrics_text"] = nil
+local text = require("clb.metrics_text")
+
+local BUCKETS = { 0.005, 0.1, 1, 60 }
+local S = "lb-1/lbl-1/loc-1/~%5Ea%22b%5Cc%24" -- the domain ~^a"b\c$, percent-encoded
+local LABELS = 'load_balancer="lb-1",listener="lbl-1",rule="loc-1",domain="~^a\\"b\\\\c$"'
+
+local function lines(s)
+  local out = {}
+  for line in s:gmatch("[^\n]+") do
+    out[line] = true
+  end
+  return out
+end
+
+describe("clb.metrics_text", function()
+  it("writes requests, histograms (cumulative, +Inf = count), members and instance bytes", function()
+    local scopes = {
+      [S] = {
+        ["req 2xx backend"] = 7,
+        ["code 502 lb"] = 1,
+        ["bytes in"] = 900,
+        ["bytes out"] = 4000,
+        ["rt 0.005"] = 5,
+        ["rt 1"] = 3,
+        ["rt +Inf"] = 1,
+        ["rt sum"] = 70.5,
+      },
+    }
+    local members = { [S .. "\t10.0.0.1:80"] = { ["req 2xx backend"] = 7, ["ut count"] = 7, ["ut sum"] = 0.25 } }
+    local got = lines(text.render(scopes, members, BUCKETS))
+    assert.is_true(got["clb_http_requests_total{" .. LABELS .. ',code="2xx",source="backend"} 7'])
+    assert.is_true(got["clb_http_responses_total{" .. LABELS .. ',code="502",source="lb"} 1'])
+    assert.is_true(got["clb_http_bytes_total{" .. LABELS .. ',direction="out"} 4000'])
+    assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="0.005"} 5'])
+    assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="0.1"} 5'])
+    assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="1.0"} 8'])
+    assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="60.0"} 8'])
+    assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="+Inf"} 9'])
+    assert.is_true(got["clb_http_request_duration_seconds_count{" .. LABELS .. "} 9"])
+    assert.is_true(got["clb_http_request_duration_seconds_sum{" .. LABELS .. "} 70.5"])
+    assert.is_nil(got["# TYPE clb_http_upstream_response_seconds histogram"]) -- no backend time: no family
+    local member = LABELS .. ',target="10.0.0.1:80"'
+    assert.is_true(got["clb_http_backend_requests_total{" .. member .. ',code="2xx",source="backend"} 7'])
+    assert.is_true(got["clb_http_backend_response_seconds_sum{" .. member .. "} 0.25"])
+    assert.is_true(got['clb_instance_bytes_total{load_balancer="lb-1",layer="l7",direction="in"} 900'])
+  end)
+
+  it("leaves out load balancers not served and ends with the instance-bytes header", function()
+    local scopes = { [S] = { ["req 2xx backend"] = 1 }, ["lb-2/l/r/d"] = { ["req 2xx backend"] = 1 } }
+    local out = text.render(scopes, {}, BUCKETS, { ["lb-2"] = true })
+    assert.is_nil(out:find("lb-1", 1, true))
+    assert.truthy(out:find('load_balancer="lb-2"', 1, true))
+    local empty = text.render({}, {}, BUCKETS)
+    assert.equal(
+      "# HELP clb_instance_bytes_total Bytes of the load balancer from clients (in) and to them (out), by layer"
+        .. " (l7: requests and responses)\n# TYPE clb_instance_bytes_total counter\n",
+      empty
+    )
+    assert.truthy(out:find("# TYPE clb_instance_bytes_total counter\n", 1, true) > out:find("clb_http_requests_total", 1, true))
+  end)
+
+  it("ignores keys that are no scope", function()
+    assert.is_false(text.labels("not a scope"))
+    assert.same("lb-1", text.labels(S)[1])
+  end)
+end)
