@@ -1,11 +1,13 @@
-"""The etcd source on its own, against a real etcd: the config keys, values read like files,
-listing in pages at one revision, the watch, and `fleet status` without agents."""
+"""The etcd source and the status writer on their own, against a real etcd: the config keys, values
+read like files, listing in pages at one revision, the watch and its audit, TLS, the status values,
+and `fleet status` without agents."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
 import ipaddress
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from clbagent.agent.config import AgentConfig, ConfigError
+from clbagent.agent.engine import ApplyReport
 from clbagent.agent.etcd import source as etcd_source
-from clbagent.agent.etcd.source import EtcdSource, parse_value
+from clbagent.agent.etcd.source import EtcdSource, ReadInfo, parse_value
+from clbagent.agent.etcd.status import StatusWriter
 from clbagent.settings import DEFAULT_SETTINGS
 from tests.fleet.harness import CLBAGENT, ETCD_IP, Etcd, http_lb
 
@@ -256,3 +260,46 @@ def test_a_watch_that_stops_delivering_is_replaced_by_a_new_listing(
 def test_apply_without_paths_refuses_an_etcd_config(tmp_path: Path):
     out = subprocess.run([*CLBAGENT, "apply", "--config", str(_config(tmp_path))], capture_output=True, text=True)
     assert out.returncode == 2 and "reads its documents from etcd" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_status_values_name_revisions_and_count_targets_by_health(etcd: Etcd, tmp_path: Path):
+    config = AgentConfig(
+        source="etcd",
+        etcd_endpoints=[etcd.url],
+        etcd_prefix="/w/desired/",
+        etcd_status_prefix="/w/status/",
+        agent_name="gw-w",
+        state_dir=tmp_path,
+    )
+    writer = StatusWriter(config, _recorder([]))
+    rows = [{"load_balancer": "lb-1", "state": "Alive"}, {"load_balancer": "lb-1", "state": "Dead"}]
+    writer.health = lambda: list(rows)
+    served = {"revision": "h1", "result": "applied", "errors": [], "generation": 3, "source": "/w/desired/lb-1"}
+
+    def value() -> dict:
+        found = etcd.get_prefix("/w/status/gw-w/lb-1")
+        return json.loads(found["/w/status/gw-w/lb-1"][1]) if found else {}
+
+    async def until(check: Callable[[dict], bool]) -> dict:
+        for _ in range(100):
+            current = await asyncio.to_thread(value)
+            if check(current):
+                return current
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the status value never matched; last: {current}")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(writer.run())
+        writer.update(ApplyReport("applied", 3), {"lb-1": served}, ReadInfo(9, {"lb-1": ("/w/desired/lb-1", 8, "h1")}))
+        first = await until(lambda v: v.get("health") == {"Alive": 1, "Dead": 1})
+        assert (first["applied_revision"], first["desired_revision"], first["generation"]) == (8, 8, 3)
+        rows[1]["state"] = "Alive"  # a health transition alone reaches etcd at the next keepalive
+        await until(lambda v: v.get("health") == {"Alive": 2})
+        bad = {**served, "result": "quarantined", "errors": [{"code": "X", "path": "p", "message": "m"}]}
+        writer.update(ApplyReport("applied", 4), {"lb-1": bad}, ReadInfo(11, {"lb-1": ("/w/desired/lb-1", 10, "h2")}))
+        later = await until(lambda v: v.get("result") == "quarantined")
+        assert (later["applied_revision"], later["desired_revision"]) == (8, 10)  # still serving revision 8
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert json.loads((tmp_path / "etcd-applied.json").read_text()) == {"lb-1": 8}

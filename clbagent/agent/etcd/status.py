@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import socket
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -58,11 +59,24 @@ class StatusWriter:
         self._wake = asyncio.Event()
         self._applied_file = config.state_dir / "etcd-applied.json"
         self._applied: dict[str, int] = _load(self._applied_file)
+        self._last: tuple[Any, dict[str, dict[str, Any]], ReadInfo] | None = None
+        # The health monitor's rows, when the agent checks targets: each load balancer's value then
+        # carries its targets counted by state, refreshed at every keepalive.
+        self.health: Callable[[], Iterable[dict[str, Any]]] | None = None
 
     def update(self, report: Any, status: dict[str, dict[str, Any]], info: ReadInfo | None) -> None:
         """The values after one apply (called in the event loop; the writer task sends them)."""
         if info is None:
             return
+        self._last = (report, status, info)
+        self._compose()
+        self._wake.set()
+
+    def _compose(self) -> None:
+        if self._last is None:
+            return
+        report, status, info = self._last
+        health = _health_counts(self.health()) if self.health is not None else None
         values: dict[str, str] = {}
         applied: dict[str, int] = {}
         for root, st in status.items():
@@ -80,6 +94,7 @@ class StatusWriter:
                     "generation": st.get("generation"),
                     "result": st.get("result"),
                     "errors": st.get("errors", []),
+                    **({} if health is None else {"health": health.get(root, {})}),
                 }
             )
         quarantined = sum(1 for st in status.values() if st.get("result") == "quarantined")
@@ -98,7 +113,6 @@ class StatusWriter:
             self._applied = applied
             _save(self._applied_file, applied)
         self._desired = values
-        self._wake.set()
 
     async def run(self) -> None:
         """Hold a lease, write what changed, keep the lease alive; start over when etcd is lost."""
@@ -113,6 +127,8 @@ class StatusWriter:
                 backoff.reset()
                 while True:
                     self._wake.clear()
+                    if self.health is not None:
+                        self._compose()
                     await self._flush(client, lease)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), ttl / 3)
@@ -137,6 +153,15 @@ class StatusWriter:
         for i in range(0, len(ops), BATCH):
             await client.transaction(compare=[], success=ops[i : i + BATCH], failure=[])
         self._written = dict(desired)
+
+
+def _health_counts(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per load balancer, its targets counted by health state (Alive, Dead, Unknown)."""
+    out: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counts = out.setdefault(row["load_balancer"], {})
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return out
 
 
 def _dump(value: dict[str, Any]) -> str:
