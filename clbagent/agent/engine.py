@@ -197,7 +197,6 @@ class Engine:
 
         vips = compiled.serving.vips
         vip_errors = prepare_vips(vips, self.config.vip_interface, self.l4.available)
-        report.timings["compile"] = time.perf_counter() - t  # units, file set, IPVS plan, VIPs
         staged = None
         differing = _differing(files, good_files)
         # Members, weights and down marks only: the data files change, nginx.conf and the includes
@@ -209,6 +208,7 @@ class Engine:
             and self.nginx.master() is not None
             and all(p.startswith("upstreams/") for p in differing)
         )
+        report.timings["compile"] = time.perf_counter() - t  # units, file set, IPVS plan, VIPs, what changed
         if not unchanged:
             t = time.perf_counter()
             layout = gens.layout(files)
