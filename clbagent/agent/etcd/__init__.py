@@ -7,6 +7,13 @@ apply's outcome to the writer. See docs/fleet.md.
 
 from __future__ import annotations
 
+import os
+
+# gRPC's own log lines (a failed TLS handshake, at info level) would interleave with the agent's
+# JSON event lines on standard error; its errors are raised as exceptions the agent logs. gRPC
+# reads this when it is first imported, which the modules below do.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
