@@ -127,9 +127,10 @@ class StatusWriter:
                 backoff.reset()
                 while True:
                     self._wake.clear()
-                    if self.health is not None:
-                        self._compose()
-                    await self._flush(client, lease)
+                    if self._last is not None:  # nothing is known before the first apply: keep what is there
+                        if self.health is not None:
+                            self._compose()
+                        await self._flush(client, lease)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), ttl / 3)
                     reply = await client.refresh_lease(lease.id)
