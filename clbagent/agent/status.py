@@ -26,7 +26,10 @@ async def serve(path: Path, snapshot: Callable[[str], dict[str, Any]]) -> asynci
         try:
             request = (await asyncio.wait_for(reader.readline(), 5)).decode(errors="replace").strip()
             try:
-                answer = snapshot(request or "status")
+                # In a worker thread: a snapshot does blocking I/O (netlink for IPVS, HTTP to nginx),
+                # which must not stall the agent's loop, and pyroute2's blocking calls refuse to run
+                # in a thread whose event loop is running.
+                answer = await asyncio.to_thread(snapshot, request or "status")
             except Exception as exc:  # the status must answer whatever one part of it does
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
             writer.write(json.dumps(answer, default=str).encode())
