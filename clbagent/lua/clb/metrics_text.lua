@@ -1,8 +1,10 @@
 --- The Prometheus text of the L7 counters (docs/metrics.md), written inside nginx: at 1,000 load
---- balancers a scrape has ~100,000 series, and LuaJIT writes them several times faster than the
---- agent's Python could. Input: the counters grouped by scope and by "<scope>\t<member>" (see
---- clb.metrics); labels are the scope's configuration IDs, escaped as the text format requires.
-local floor, format, gsub, concat = math.floor, string.format, string.gsub, table.concat
+--- balancers a scrape has ~100,000 series. Lines go into LuaJIT string buffers: building each line
+--- as a Lua string would intern (hash) every one of them, and cost as much as the agent's Python.
+--- Input: the counters grouped by scope and by "<scope>\t<member>" (see clb.metrics); labels are
+--- the scope's configuration IDs, escaped as the text format requires.
+local buffer = require("string.buffer")
+local floor, format, gsub = math.floor, string.format, string.gsub
 local unescape = ngx and ngx.unescape_uri
 
 local M = {}
@@ -32,12 +34,24 @@ local function escape(text)
   return (gsub(text, '[\\"\n]', ESCAPES))
 end
 
---- A number as Prometheus reads it (integers without an exponent up to 2^53).
-local function num(v)
+--- Put a number as Prometheus reads it (integers without an exponent up to 2^53) and end the line.
+local function num(buf, v)
   if v == floor(v) and v < 9007199254740992 and v > -9007199254740992 then
-    return format("%d", v)
+    return buf:putf("%d\n", v)
   end
-  return format("%.17g", v)
+  return buf:putf("%.17g\n", v)
+end
+
+local REQ, RESP = {}, {} -- {field name, label text} of the request and response counters
+for _, class in ipairs(CLASSES) do
+  for _, source in ipairs(SOURCES) do
+    REQ[#REQ + 1] = { "req " .. class .. " " .. source, ',code="' .. class .. '",source="' .. source .. '"} ' }
+  end
+end
+for _, code in ipairs(CODES) do
+  for _, source in ipairs(SOURCES) do
+    RESP[#RESP + 1] = { "code " .. code .. " " .. source, ',code="' .. code .. '",source="' .. source .. '"} ' }
+  end
 end
 
 --- A bucket bound as Prometheus' clients write it (1 → "1.0").
@@ -66,34 +80,32 @@ function M.labels(scope)
   return hit
 end
 
-local function by_class(lines, family, labels, f)
-  for _, class in ipairs(CLASSES) do
-    for _, source in ipairs(SOURCES) do
-      local n = f["req " .. class .. " " .. source]
-      if n and n ~= 0 then
-        lines[#lines + 1] = family .. "{" .. labels .. ',code="' .. class .. '",source="' .. source .. '"} ' .. num(n)
-      end
+local function by_class(buf, family, labels, f)
+  for _, r in ipairs(REQ) do
+    local n = f[r[1]]
+    if n and n ~= 0 then
+      num(buf:put(family, "{", labels, r[2]), n)
     end
   end
 end
 
-local function histogram(lines, family, labels, f, kind, bounds)
+local function histogram(buf, family, labels, f, kind, bounds)
   local counts, any = {}, false
   for i, b in ipairs(bounds) do
-    local n = f[kind .. " " .. b.field] or 0
+    local n = f[b[kind]] or 0
     counts[i] = n
     any = any or n ~= 0
   end
   if not any then
     return
   end
-  local total, prefix = 0, family .. "_bucket{" .. labels .. ',le="'
+  local total = 0
   for i, b in ipairs(bounds) do
     total = total + counts[i]
-    lines[#lines + 1] = prefix .. b.le .. '"} ' .. num(total)
+    num(buf:put(family, "_bucket{", labels, ',le="', b.le, '"} '), total)
   end
-  lines[#lines + 1] = family .. "_count{" .. labels .. "} " .. num(total)
-  lines[#lines + 1] = family .. "_sum{" .. labels .. "} " .. num(f[kind .. " sum"] or 0)
+  num(buf:put(family, "_count{", labels, "} "), total)
+  num(buf:put(family, "_sum{", labels, "} "), f[kind .. " sum"] or 0)
 end
 
 --- The exposition of ``scopes`` (scope → field → n) and ``members`` ("<scope>\t<member>" → field →
@@ -101,12 +113,12 @@ end
 function M.render(scopes, members, buckets, served)
   local bounds = {}
   for i, b in ipairs(buckets) do
-    bounds[i] = { field = tostring(b), le = le(b) }
+    bounds[i] = { rt = "rt " .. tostring(b), ut = "ut " .. tostring(b), le = le(b) }
   end
-  bounds[#bounds + 1] = { field = "+Inf", le = "+Inf" }
+  bounds[#bounds + 1] = { rt = "rt +Inf", ut = "ut +Inf", le = "+Inf" }
   local out = {}
   for _, fam in ipairs(FAMILIES) do
-    out[fam[1]] = {}
+    out[fam[1]] = buffer.new()
   end
   local totals = {} -- load balancer → {in, out}
   for scope, f in pairs(scopes) do
@@ -114,24 +126,19 @@ function M.render(scopes, members, buckets, served)
     if found and (not served or served[found[1]]) then
       local lb, labels = found[1], found[2]
       by_class(out.clb_http_requests_total, "clb_http_requests_total", labels, f)
-      local lines = out.clb_http_responses_total
-      for _, code in ipairs(CODES) do
-        for _, source in ipairs(SOURCES) do
-          local n = f["code " .. code .. " " .. source]
-          if n and n ~= 0 then
-            lines[#lines + 1] = "clb_http_responses_total{" .. labels .. ',code="' .. code .. '",source="' .. source
-              .. '"} ' .. num(n)
-          end
+      local buf = out.clb_http_responses_total
+      for _, r in ipairs(RESP) do
+        local n = f[r[1]]
+        if n and n ~= 0 then
+          num(buf:put("clb_http_responses_total{", labels, r[2]), n)
         end
       end
-      lines = out.clb_http_response_timeouts_total
-      lines[#lines + 1] = "clb_http_response_timeouts_total{" .. labels .. "} " .. num(f.timeouts or 0)
+      num(out.clb_http_response_timeouts_total:put("clb_http_response_timeouts_total{", labels, "} "), f.timeouts or 0)
       local bytes_in, bytes_out = f["bytes in"] or 0, f["bytes out"] or 0
-      lines = out.clb_http_bytes_total
-      lines[#lines + 1] = "clb_http_bytes_total{" .. labels .. ',direction="in"} ' .. num(bytes_in)
-      lines[#lines + 1] = "clb_http_bytes_total{" .. labels .. ',direction="out"} ' .. num(bytes_out)
-      lines = out.clb_http_new_connections_total
-      lines[#lines + 1] = "clb_http_new_connections_total{" .. labels .. "} " .. num(f.conns or 0)
+      buf = out.clb_http_bytes_total
+      num(buf:put("clb_http_bytes_total{", labels, ',direction="in"} '), bytes_in)
+      num(buf:put("clb_http_bytes_total{", labels, ',direction="out"} '), bytes_out)
+      num(out.clb_http_new_connections_total:put("clb_http_new_connections_total{", labels, "} "), f.conns or 0)
       histogram(out.clb_http_request_duration_seconds, "clb_http_request_duration_seconds", labels, f, "rt", bounds)
       histogram(out.clb_http_upstream_response_seconds, "clb_http_upstream_response_seconds", labels, f, "ut", bounds)
       local t = totals[lb]
@@ -148,33 +155,31 @@ function M.render(scopes, members, buckets, served)
     if found and (not served or served[found[1]]) then
       local labels = found[2] .. ',target="' .. escape(member) .. '"'
       by_class(out.clb_http_backend_requests_total, "clb_http_backend_requests_total", labels, f)
-      local lines = out.clb_http_backend_response_seconds
-      lines[#lines + 1] = "clb_http_backend_response_seconds_count{" .. labels .. "} " .. num(f["ut count"] or 0)
-      lines[#lines + 1] = "clb_http_backend_response_seconds_sum{" .. labels .. "} " .. num(f["ut sum"] or 0)
-      lines = out.clb_http_backend_bytes_total
-      lines[#lines + 1] = "clb_http_backend_bytes_total{" .. labels .. ',direction="in"} ' .. num(f["bytes in"] or 0)
-      lines[#lines + 1] = "clb_http_backend_bytes_total{" .. labels .. ',direction="out"} ' .. num(f["bytes out"] or 0)
+      local buf = out.clb_http_backend_response_seconds
+      num(buf:put("clb_http_backend_response_seconds_count{", labels, "} "), f["ut count"] or 0)
+      num(buf:put("clb_http_backend_response_seconds_sum{", labels, "} "), f["ut sum"] or 0)
+      buf = out.clb_http_backend_bytes_total
+      num(buf:put("clb_http_backend_bytes_total{", labels, ',direction="in"} '), f["bytes in"] or 0)
+      num(buf:put("clb_http_backend_bytes_total{", labels, ',direction="out"} '), f["bytes out"] or 0)
     end
   end
-  local lines = out.clb_instance_bytes_total
+  local buf = out.clb_instance_bytes_total
   for lb, t in pairs(totals) do
     local labels = 'load_balancer="' .. escape(lb) .. '",layer="l7",direction='
-    lines[#lines + 1] = "clb_instance_bytes_total{" .. labels .. '"in"} ' .. num(t[1])
-    lines[#lines + 1] = "clb_instance_bytes_total{" .. labels .. '"out"} ' .. num(t[2])
+    num(buf:put("clb_instance_bytes_total{", labels, '"in"} '), t[1])
+    num(buf:put("clb_instance_bytes_total{", labels, '"out"} '), t[2])
   end
   -- every family with samples; the last one (instance bytes) always, even empty: the agent
   -- appends its L4 samples of that family to this text
-  local text = {}
+  local text = buffer.new()
   for i, fam in ipairs(FAMILIES) do
     local name = fam[1]
     if #out[name] > 0 or i == #FAMILIES then
-      text[#text + 1] = "# HELP " .. name .. " " .. fam[3] .. "\n# TYPE " .. name .. " " .. fam[2] .. "\n"
-      if #out[name] > 0 then
-        text[#text + 1] = concat(out[name], "\n") .. "\n"
-      end
+      text:put("# HELP ", name, " ", fam[3], "\n# TYPE ", name, " ", fam[2], "\n")
+      text:put(out[name])
     end
   end
-  return concat(text)
+  return text:tostring()
 end
 
 return M
