@@ -239,6 +239,26 @@ function M.log(scope_var)
   end
 end
 
+local splits = {} -- shared-dict key → {1 (scope) or 2 (member), head, field}, built once per key
+
+--- A key split at its last tab: the scope (or "<scope>\t<member>") and the field; false for others.
+local function split(key)
+  local parts = splits[key]
+  if parts == nil then
+    local a = find(key, "\t", 1, true)
+    local b = a and find(key, "\t", a + 1, true)
+    if b then
+      parts = { 2, sub(key, 1, b - 1), sub(key, b + 1) }
+    elseif a then
+      parts = { 1, sub(key, 1, a - 1), sub(key, a + 1) }
+    else
+      parts = false
+    end
+    splits[key] = parts
+  end
+  return parts
+end
+
 --- The load balancers named by a POST body {"served": [id, ...]}; nil for a GET (all of them).
 local function served_of_body()
   if ngx.req.get_method() ~= "POST" then
@@ -270,25 +290,20 @@ function M.dump()
     ngx.say(err or "this nginx counts no metrics (no lua_shared_dict clb_metrics)")
     return ngx.exit(ngx.HTTP_OK)
   end
-  local scope_counts, member_counts = {}, {}
+  local groups = { {}, {} } -- scope → field → n; "<scope>\t<member>" → field → n
   for _, key in ipairs(dict:get_keys(0)) do
-    local a = find(key, "\t", 1, true)
-    local b = a and find(key, "\t", a + 1, true)
-    local group, head, field
-    if b then
-      group, head, field = member_counts, sub(key, 1, b - 1), sub(key, b + 1)
-    elseif a then
-      group, head, field = scope_counts, sub(key, 1, a - 1), sub(key, a + 1)
-    end
-    if group then
-      local t = group[head]
+    local parts = split(key)
+    if parts then
+      local group = groups[parts[1]]
+      local t = group[parts[2]]
       if not t then
         t = {}
-        group[head] = t
+        group[parts[2]] = t
       end
-      t[field] = dict:get(key)
+      t[parts[3]] = dict:get(key)
     end
   end
+  local scope_counts, member_counts = groups[1], groups[2]
   ngx.print(text.render(scope_counts, member_counts, BUCKETS, served))
   return ngx.exit(ngx.HTTP_OK)
 end
