@@ -8,9 +8,11 @@ R63) is not part of the identity either: the first VIP of the users that the hos
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from ipaddress import ip_address
@@ -82,11 +84,23 @@ class Probes:
     unchecked: list[Subject] = field(default_factory=list)  # HealthSwitch 0: not probed, always alive
 
 
+def host_has(address: str) -> bool:
+    """Whether this host holds ``address`` (binding to it succeeds: it is local, 127/8 included)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
 def derive(
-    load_balancers: Mapping[str, LoadBalancer], settings: Settings, local: frozenset[str] = frozenset()
+    load_balancers: Mapping[str, LoadBalancer], settings: Settings, local: Callable[[str], bool] = host_has
 ) -> Probes:
-    """The checks of every target of the served load balancers with ``HealthSwitch`` 1; ``local``:
-    the host's addresses (a VIP among them is the probes' source)."""
+    """The checks of every target of the served load balancers with ``HealthSwitch`` 1; ``local``
+    tells whether the host holds an address (a VIP it holds is the probes' source)."""
+    local = functools.cache(local)
     out = Probes()
     for lb_id, lb in sorted(load_balancers.items()):
         for lis in lb.listeners:
@@ -181,10 +195,10 @@ def _payload(hc: HealthCheck, text: str | None) -> bytes:
     return bytes.fromhex(text) if hc.context_type == "HEX" else text.encode("ascii")
 
 
-def _source(check: Check, subjects: list[Subject], local: frozenset[str]) -> str | None:
+def _source(check: Check, subjects: list[Subject], local: Callable[[str], bool]) -> str | None:
     """The first VIP of the check's users that the host holds, of the target's family (R63)."""
     for subject in subjects:
         for vip in subject.vips:
-            if vip in local and ip_address(vip).version == check.family:
+            if ip_address(vip).version == check.family and local(vip):
                 return vip
     return None

@@ -111,7 +111,7 @@ def test_checks_of_a_state_are_shared_and_complete() -> None:
         Settings(health_check_method="HEAD"),
     )
     assert state.ok, state.issues
-    probes = derive(state.load_balancers(), state.settings, frozenset({"127.0.50.1"}))
+    probes = derive(state.load_balancers(), state.settings, lambda address: address == "127.0.50.1")
     http = next(c for c in probes.subjects if c.kind == "http" and c.port == 8080)
     users = probes.subjects[http]
     # One probe for the same target checked the same way by two load balancers.
@@ -142,6 +142,7 @@ def test_checks_of_a_state_are_shared_and_complete() -> None:
     # A different path is a different check, with a state of its own.
     other_state = validate_documents([("a.yaml", _lb("lb-a", "127.0.50.1", HttpCheckPath="/other"))])
     other = derive(other_state.load_balancers(), other_state.settings)
+    assert set(other.sources.values()) == {"127.0.50.1"}  # held by this host (127/8 is local)
     assert not set(other.subjects) & {http} and all(isinstance(c, Check) for c in other.subjects)
     assert len({c.key for c in probes.subjects}) == len(probes.subjects)
 
