@@ -1,13 +1,13 @@
 """Benchmark (not a test): the health checker at 10,000 and 50,000 targets on loopback listeners.
 
-For each scenario the targets are listening sockets in a child process (127.0.50-59.x, every
-interval 5 s, HealthNum/UnHealthNum 3, TimeOut 2). The agent's own Monitor probes them; once every
-target is Alive, the CPU of this process (user + system seconds per wall second: the share of one
-core) is measured over a steady window; then some listeners are closed and the time until each is
-Dead is the detection latency (bound: IntervalTime x UnHealthNum + 1 s). Every other transition to
-Dead is a false one. The reference, measured in the same run over the same targets, is a plain
-connect()-per-probe asyncio loop (one task per target, ``loop.sock_connect`` with a timeout): its
-CPU per probe is the unit of the ratio.
+The targets listen on 127.0.50-59.x in child processes (HTTP: one nginx worker answering 200 on
+every one); IntervalTime 5 s, HealthNum and UnHealthNum 3, TimeOut 2 s. The agent's own Monitor
+probes them. Once every target is Alive, the CPU of this process (user + system seconds per wall
+second: the share of one core) is measured over a steady window. Then some listeners are closed
+(HTTP: they answer 500), and the time until each is Dead is the detection latency (bound:
+IntervalTime x UnHealthNum + 1 s); any other transition to Dead is a false one. The reference,
+measured in the same run over the same targets, is a plain connect()-per-probe asyncio loop (one
+task per target, ``loop.sock_connect`` with a timeout): its CPU per probe is the unit of the ratio.
 
     sudo nice -n 10 .venv/bin/python bench/health_bench.py [--targets 10000] [--large 50000] [--window 15]
 """
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import random
 import resource
+import shutil
+import signal
 import socket
 import statistics
 import sys
@@ -40,17 +43,7 @@ CHILD = r"""
 import asyncio, resource, socket, sys
 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-first, n, http = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "http"
-REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-
-class Answer(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-    def data_received(self, data):
-        self.transport.write(REPLY)
-        self.transport.close()
-    def connection_lost(self, exc):
-        pass
+first, n = int(sys.argv[1]), int(sys.argv[2])
 
 def drop(sock):
     try:
@@ -61,25 +54,20 @@ def drop(sock):
 
 async def main():
     loop = asyncio.get_running_loop()
-    socks, servers = [], []
+    socks = []
     for i in range(first, first + n):
         sock = socket.socket()
         sock.bind((f"127.0.{50 + (i // 250) % 10}.{1 + i % 250}", 0))
         sock.listen(1024)
         sock.setblocking(False)
         socks.append(sock)
-        if http:
-            servers.append(await loop.create_server(Answer, sock=sock))
-        else:  # connections are accepted and closed at once (the half-open probe never gets here)
-            loop.add_reader(sock.fileno(), drop, sock)
+        loop.add_reader(sock.fileno(), drop, sock)  # accepted and closed at once (a half-open probe never gets here)
     print(" ".join("%s:%d" % s.getsockname() for s in socks), flush=True)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
         k = int(line)
-        for s in servers[:k]:
-            s.close()
-        for s in socks[:k] if not servers else []:
+        for s in socks[:k]:
             loop.remove_reader(s.fileno())
             s.close()
         print("closed", flush=True)
@@ -102,13 +90,13 @@ def cpu() -> float:
 
 
 class Listeners:
-    """``n`` listening sockets in child processes (answering HTTP, or left to the kernel)."""
+    """``n`` listening sockets in child processes that accept and close."""
 
     def __init__(self) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
         self.endpoints: list[tuple[str, int]] = []
 
-    async def start(self, n: int, http: bool = False) -> Listeners:
+    async def start(self, n: int) -> Listeners:
         for first in range(0, n, PER_CHILD):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -116,7 +104,6 @@ class Listeners:
                 CHILD,
                 str(first),
                 str(min(PER_CHILD, n - first)),
-                "http" if http else "plain",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 limit=1 << 24,
@@ -142,9 +129,63 @@ class Listeners:
             await proc.wait()
 
 
+class NginxBackends:
+    """``n`` HTTP targets served by one nginx worker (answering costs the backend little, so a
+    starved backend never passes for a failing one). Killing a target makes it answer 500."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="clb-health-bench-"))
+        self.proc: asyncio.subprocess.Process | None = None
+        self.endpoints: list[tuple[str, int]] = []
+
+    async def start(self, n: int) -> NginxBackends:
+        self.endpoints = [(f"127.0.{50 + (i // 250) % 10}.{1 + i % 250}", 20000 + i // 2500) for i in range(n)]
+        (self.dir / "killed.map").write_text("")
+        listens = "".join(f"        listen {ip}:{port};\n" for ip, port in self.endpoints)
+        (self.dir / "nginx.conf").write_text(
+            f"worker_processes 1;\npid {self.dir}/nginx.pid;\nerror_log {self.dir}/error.log;\n"
+            "worker_rlimit_nofile 19000;\nevents { worker_connections 16000; }\n"
+            "http {\n    access_log off;\n"
+            f"    map $server_addr:$server_port $killed {{ default 0; include {self.dir}/killed.map; }}\n"
+            f"    server {{\n{listens}        location / {{ if ($killed) {{ return 500; }} return 200; }}\n    }}\n}}\n"
+        )
+        self.proc = await asyncio.create_subprocess_exec(
+            "nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g", "daemon off;"
+        )
+        ip, port = self.endpoints[-1]
+        while not await asyncio.to_thread(_status, ip, port):
+            await asyncio.sleep(0.2)
+        return self
+
+    async def close_first(self, k: int) -> float:
+        """The first ``k`` targets answer 500 from now on (a reload); when they do."""
+        (self.dir / "killed.map").write_text("".join(f"{ip}:{port} 1;\n" for ip, port in self.endpoints[:k]))
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        ip, port = self.endpoints[0]
+        while await asyncio.to_thread(_status, ip, port) != 500:
+            await asyncio.sleep(0.05)
+        return time.monotonic()
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGQUIT)
+            await self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _status(ip: str, port: int) -> int | None:
+    try:
+        conn = http.client.HTTPConnection(ip, port, timeout=2)
+        conn.request("GET", "/")
+        return conn.getresponse().status
+    except OSError:
+        return None
+
+
 async def scenario(kind: str, n: int, window: float, raw: bool, with_metrics: bool = True) -> dict:
     loop = asyncio.get_running_loop()
-    listeners = await Listeners().start(n, http=kind == "http")
+    listeners = await (NginxBackends() if kind == "http" else Listeners()).start(n)
     endpoints = listeners.endpoints
     http = {"host": "bench.health.test", "path": "/", "method": "GET", "version": "HTTP/1.1", "codes": 2}
     checks = [
