@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -144,6 +145,7 @@ def run(size: int, edits: int, mode: str = "static") -> dict[str, float]:
             }
         )
     engine.nginx.stop()
+    shutil.rmtree(base, ignore_errors=True)
     median = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     median["initial apply"] = full
     return median
@@ -153,7 +155,6 @@ def churn(changes: int, mode: str) -> None:
     """Changes under load: wrk and a connection-per-request client, failures counted. Static mode:
     every change is a verified reload (the worst case for keep-alive clients)."""
     import re
-    import shutil
     import subprocess
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
