@@ -157,7 +157,7 @@ def test_a_backend_that_really_dies_leaves_ipvs_within_the_bound_and_comes_back(
     async def probe() -> None:
         loop = asyncio.get_running_loop()
         m = Monitor(loop, HealthStore(Path(tempfile.mkdtemp(prefix="clb-health-"))), lambda _t, d: down.append(d))
-        m.update(derive(state, frozenset({VIP4})))
+        m.update(derive(state.load_balancers(), state.settings))
         monitor.append(m)
         while not stop.is_set():
             await asyncio.sleep(0.1)
