@@ -7,7 +7,8 @@
 #
 # Environment: CLB_VM_KERNEL (a /boot/vmlinuz-* path; default: the newest one with ip_vs),
 # CLB_VM_ACCEL (auto | kvm | tcg; auto probes KVM for a few seconds, since /dev/kvm may exist but
-# hang), CLB_VM_MEMORY (2G), CLB_VM_CPUS (2), CLB_VM_TIMEOUT (seconds, 900).
+# hang), CLB_VM_MEMORY (2G), CLB_VM_CPUS (2), CLB_VM_TIMEOUT (seconds, 1800: the emulated VM on a
+# busy 2-core host runs the kernel suite in 15 minutes or more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -33,7 +34,7 @@ inner="cd '$root' && export CLB_IN_VM=1 PYTHONDONTWRITEBYTECODE=1 PATH='$root/.v
 # Both streams go through pipes: virtme reopens its standard output and error, which truncates a
 # file they were redirected to (and pads it with NUL bytes), so never hand it the caller's files.
 set +e
-timeout "${CLB_VM_TIMEOUT:-900}" vng --run "$kernel" --user root "${kvm_flag[@]}" \
+timeout "${CLB_VM_TIMEOUT:-1800}" vng --run "$kernel" --user root "${kvm_flag[@]}" \
   --cpus "${CLB_VM_CPUS:-2}" --memory "${CLB_VM_MEMORY:-2G}" -- "$inner" \
   2> >(tr -d '\000' >&2) | tr -d '\000'
 rc=${PIPESTATUS[0]}
