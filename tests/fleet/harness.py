@@ -23,13 +23,13 @@ from typing import Any
 import yaml
 
 from clbagent.nginx.controller import NginxController
-from tests.agent.conftest import wait_for
+from tests.agent.conftest import CLBAGENT, wait_for
+from tests.agent.conftest import http_lb as agent_http_lb
 
 BIN = Path(sys.executable).parent
 ETCD, ETCDCTL = BIN / "etcd", BIN / "etcdctl"
 ETCD_IP = "127.0.70.1"
 VIP = "127.0.70.10"
-CLBAGENT = [sys.executable, "-m", "clbagent.cli"]
 PREFIX, STATUS_PREFIX = "/clb/desired/", "/clb/status/"
 
 
@@ -286,24 +286,4 @@ class Fleet:
 def http_lb(lb_id: str, target_port: int, vip: str = VIP) -> dict:
     """One HTTP load balancer with one target on the namespace's loopback (its port marks the
     version)."""
-    return {
-        "LoadBalancerId": lb_id,
-        "LoadBalancerVips": [vip],
-        "Listeners": [
-            {
-                "ListenerId": f"{lb_id}-http",
-                "Protocol": "HTTP",
-                "Port": 8080,
-                "Rules": [
-                    {
-                        "LocationId": f"{lb_id}-root",
-                        "Domain": "www.example.com",
-                        "Url": "/",
-                        "DefaultServer": True,
-                        "HealthCheck": {"HealthSwitch": 0},
-                        "Targets": [{"EniIp": "127.0.0.1", "Port": target_port, "Weight": 10}],
-                    }
-                ],
-            }
-        ],
-    }
+    return agent_http_lb(lb_id, vip, [{"EniIp": "127.0.0.1", "Port": target_port, "Weight": 10}])
