@@ -51,19 +51,16 @@ def read_text(socket_path: Path, served: Iterable[str] | None = None, timeout: f
 
 
 def http_lines() -> tuple[str, str, str, str]:
-    """The http-level pieces of counting: the dict, the module loaded in the master, the flush
-    timer of each worker, and the log-phase call."""
+    """The http-level pieces of counting: the dict and the scope's default, the module loaded in
+    the master, the flush timer of each worker, and the log-phase call."""
     return (
-        f"    lua_shared_dict {SHARED_DICT} {DICT_SIZE};\n",
+        # the scope is "" wherever no server or location of ours sets it (no warning, not counted)
+        f'    lua_shared_dict {SHARED_DICT} {DICT_SIZE};\n    map "" ${SCOPE_VAR} {{ default ""; }}\n',
         'require("clb.metrics")',
         '    init_worker_by_lua_block { require("clb.metrics").start() }\n',
         f'require("clb.metrics").log("{SCOPE_VAR}")',
     )
 
 
-# The channel's server: the counters, and a scope of its own (empty: not counted; set, so that
-# nginx never warns of an uninitialized variable in the log phase).
-CHANNEL_LINES = (
-    f'        set ${SCOPE_VAR} "";\n'
-    '        location = /metrics { content_by_lua_block { require("clb.metrics").dump() } }\n'
-)
+# The channel's location of the counters.
+CHANNEL_LINES = '        location = /metrics { content_by_lua_block { require("clb.metrics").dump() } }\n'
