@@ -6,16 +6,21 @@ from __future__ import annotations
 import re
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from clbagent.settings import load_yaml_model
 
 DEFAULT_CONFIG = Path("/etc/clbagent/agent.yaml")
 _ENDPOINT = re.compile(r"unix://\S+|(https?://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare ``on``/``off`` as a boolean; take it as the word the operator wrote."""
+    return ("on" if value else "off") if isinstance(value, bool) else value
 
 
 class ConfigError(ValueError):
@@ -46,7 +51,9 @@ class AgentConfig(BaseModel):
     upstreams: Literal["auto", "dynamic", "static"] = Field(
         "auto", description="dynamic: targets change without reloads (Lua); auto = dynamic when the Lua module exists"
     )
-    l4: Literal["auto", "on", "off"] = Field("auto", description="IPVS for TCP/UDP; auto = when ip_vs is loadable")
+    l4: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = Field(
+        "auto", description="IPVS for TCP/UDP; auto = when ip_vs is loadable"
+    )
     vip_interface: str = Field("clb0", description="dummy interface that holds the VIPs")
     drain_timeout: float = Field(300.0, ge=0, description="seconds a removed L4 target drains before deletion")
     source: Literal["files", "etcd"] = Field("files", description="desired state from `documents` or from etcd")
