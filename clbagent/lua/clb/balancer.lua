@@ -5,6 +5,8 @@
 ---
 --- Each worker caches the per-worker form of every upstream it served (clb.peers) with the
 --- version it was built from; one shared-dict get per request tells whether the version moved.
+--- The request path allocates nothing: the state tables of finished requests are kept for later
+--- ones, and the version key of each upstream is built once.
 ---
 --- The state of a request's tries is kept by the request itself (its ngx_http_request_t), not in
 --- ngx.ctx: an internal redirect (error_page after the last try failed) empties ngx.ctx, and the
@@ -34,12 +36,22 @@ local NO_LIVE_UPSTREAMS = -3 -- NGX_BUSY: nginx answers 502 and logs "no live up
 local cache = {}
 local any_sticky = false -- until an upstream with cookie persistence is seen, no header filter work
 local inflight = {} -- request address → state of its tries: {up =, peer =, tried =, hash =}
+local spare, nspare = {}, 0 -- state tables of finished requests, for the next ones
+local MAX_SPARE = 1024
 local shm = store.new(ngx.shared.clb_upstreams)
+local upstreams = ngx.shared.clb_upstreams
 local conns = ngx.shared.clb_conns
+local version_key = setmetatable({}, { -- "v:<name>" per upstream name of the configuration (bounded)
+  __index = function(keys, name)
+    local key = store.version_key(name)
+    keys[name] = key
+    return key
+  end,
+})
 
 --- The per-worker form of upstream ``name`` at its current version, or nil when nginx holds none.
 function M.upstream(name)
-  local version = shm:version(name)
+  local version = upstreams:get(version_key[name])
   local up = cache[name]
   if up and up.version == version then
     return up
@@ -102,11 +114,19 @@ function M.balance(name)
       st.peer = nil
     end
   else
-    if st and st.peer then -- left by an earlier request whose log phase never ran
-      release(st.peer)
+    if st then -- left by an earlier request whose log phase never ran
+      if st.peer then
+        release(st.peer)
+      end
+    elseif nspare > 0 then
+      st = spare[nspare]
+      spare[nspare] = nil
+      nspare = nspare - 1
+    else
+      st = {}
     end
     local up = M.upstream(name)
-    st = { up = up }
+    st.up, st.peer, st.tried, st.hash = up, nil, nil, nil
     inflight[r] = st
     if not up or up.usable == 0 then
       return ngx.exit(NO_LIVE_UPSTREAMS)
@@ -158,6 +178,11 @@ function M.log()
     inflight[r] = nil
     if st.peer then
       release(st.peer)
+    end
+    if nspare < MAX_SPARE then
+      st.up, st.peer, st.tried, st.hash = nil, nil, nil, nil
+      nspare = nspare + 1
+      spare[nspare] = st
     end
   end
 end

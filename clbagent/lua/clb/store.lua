@@ -13,18 +13,13 @@ function M.new(dict)
   return setmetatable({ dict = dict }, M)
 end
 
--- "v:<name>" of each upstream the balancer asked for (names of the configuration: bounded),
--- built once: the version is read on every request
-local version_keys = setmetatable({}, {
-  __index = function(keys, name)
-    local key = "v:" .. name
-    keys[name] = key
-    return key
-  end,
-})
+--- The key of an upstream's version ("v:<name>"): the balancer reads it on every request.
+function M.version_key(name)
+  return "v:" .. name
+end
 
 function M:version(name)
-  return (self.dict:get(version_keys[name]))
+  return (self.dict:get(M.version_key(name)))
 end
 
 --- The normalized upstream and its version, or nil.
