@@ -8,9 +8,11 @@
 #   scripts/sysvm.sh stop RUNDIR    # power it off (killed after a grace period)
 #   scripts/sysvm.sh ssh RUNDIR CMD # run a command in it as root
 #
-# The image is cached under CLB_SYSVM_CACHE (default ~/.cache/clbagent-sysvm), keyed on the package
-# lists (scripts/sysvm-packages.txt and a gateway's scripts/apt-packages.txt), this script and the
-# kernel, so only the first run builds it.
+# The image holds the packages of scripts/sysvm-packages.txt, of a gateway's scripts/apt-packages.txt
+# and those the Ansible role installs (clbagent_packages of its defaults), so the role's apt task
+# finds them installed (the VM has no network). It is cached under CLB_SYSVM_CACHE (default
+# ~/.cache/clbagent-sysvm), keyed on that package list, this script and the kernel, so only the
+# first run builds it.
 # The VM has no network beyond the SSH port forward. Environment: CLB_VM_ACCEL (auto | kvm | tcg),
 # CLB_VM_CPUS (2), CLB_VM_MEMORY (2G), CLB_SYSVM_BOOT_TIMEOUT (seconds, 600).
 set -euo pipefail
@@ -35,9 +37,17 @@ debian_sources() {
   echo "$found"
 }
 
+# The image's packages, comma-separated and sorted.
+image_packages() {
+  {
+    grep -hv '^\s*#' scripts/sysvm-packages.txt scripts/apt-packages.txt
+    python3 -c 'import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))["clbagent_packages"], sep="\n")' \
+      ansible/roles/clbagent/defaults/main.yml
+  } | awk 'NF' | sort -u | paste -sd,
+}
+
 image_key() {
-  { cat scripts/sysvm-packages.txt scripts/apt-packages.txt scripts/sysvm.sh; echo "$kver"; debian_sources | xargs cat; } |
-    sha256sum | cut -c1-16
+  { image_packages; cat scripts/sysvm.sh; echo "$kver"; debian_sources | xargs cat; } | sha256sum | cut -c1-16
 }
 
 build_image() {
@@ -46,7 +56,7 @@ build_image() {
   rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
   ssh-keygen -q -t ed25519 -N '' -C clbagent-sysvm -f "$dir.tmp/id_ed25519"
   tree=$dir.tmp/tree
-  pkgs=$(grep -hv '^\s*#' scripts/sysvm-packages.txt scripts/apt-packages.txt | awk 'NF' | sort -u | paste -sd,)
+  pkgs=$(image_packages)
   echo "sysvm: building the image (mmdebstrap, kernel $kver)" >&2
   mmdebstrap --quiet --variant=minbase --include="$pkgs" \
     --customize-hook="mkdir -p \"\$1/usr/lib/modules\" && cp -a /usr/lib/modules/$kver \"\$1/usr/lib/modules/\"" \

@@ -15,9 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = Path(os.environ["CLB_DEPLOY_RUN"]) if os.environ.get("CLB_DEPLOY_RUN") else None
+# The role's variables as the script set them (paths other than the defaults).
+ROLE_VARS = yaml.safe_load((RUN / "vars.yml").read_text()) if RUN else {}
+STATE_DIR = ROLE_VARS.get("clbagent_state_dir", "/var/lib/clbagent")
+STATUS_SOCKET = ROLE_VARS.get("clbagent_status_socket", "/run/clbagent/status.sock")
+DOCUMENTS_DIR = ROLE_VARS.get("clbagent_documents_dir", "/etc/clbagent/documents")
 VIP = "127.0.10.1"
 BACKENDS = ("127.0.20.1", "127.0.20.2")
 

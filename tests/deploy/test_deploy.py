@@ -1,9 +1,11 @@
 """The deployed gateway host, checked from outside as an operator would (pytest-testinfra over SSH).
 
-scripts/deploy-test.sh has booted the VM (systemd as PID 1) and run ansible/playbook.yml on it.
-The tests run in file order: first what must hold after the deployment, then the playbook again
-(no change; a changed document applied without a restart; a bad document refused), then the
-agent restarted and frozen, which must leave the data plane serving.
+scripts/deploy-test.sh has booted the VM (systemd as PID 1) and run ansible/playbook.yml on it,
+with a state directory and a status socket other than the defaults. The tests run in file order:
+first what must hold after the deployment, then the playbook again (no change), a stray bad
+document the agent quarantines, the playbook with a changed document (converges, no restart) and
+with a bad one (refused), then the agent stopped, restarted, killed and frozen, which must all
+leave the data plane serving.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.deploy.conftest import BACKENDS, RUN, VIP, vip_get, wait_for
+from tests.deploy.conftest import BACKENDS, DOCUMENTS_DIR, RUN, STATE_DIR, STATUS_SOCKET, VIP, vip_get, wait_for
 
 pytestmark = pytest.mark.timeout(2400)  # two playbook runs under software emulation
 
-NGINX_PID_FILE = "/var/lib/clbagent/nginx/run/nginx.pid"
+NGINX_PID_FILE = f"{STATE_DIR}/nginx/run/nginx.pid"
 DOCUMENT = Path(__file__).parent / "documents" / "lb-deploy.yaml"
 KEY = Path(__file__).parents[2] / "fixtures" / "certs" / "www.example.com.key"
 
@@ -43,6 +46,22 @@ def served_by(host, path: str = "/", tries: int = 10) -> set[str]:
     return {vip_get(host, path) for _ in range(tries)}
 
 
+def load_balancers(host) -> dict[str, dict]:
+    """What ``clbagent status --json`` says of each load balancer."""
+    return json.loads(host.check_output("clbagent status --json"))["load_balancers"]
+
+
+def wait_restarted(host, before: dict[str, str], why: str) -> None:
+    """Waits until systemd has started the agent again (a new main PID, one more restart)."""
+
+    def restarted() -> bool:
+        now = unit(host, "MainPID", "ActiveState")
+        return now["ActiveState"] == "active" and now["MainPID"] not in ("0", before["MainPID"])
+
+    wait_for(restarted, 300, why, interval=3)
+    assert int(unit(host, "NRestarts")["NRestarts"]) > int(before["NRestarts"])
+
+
 def test_agent_is_active_after_ready(host):
     props = unit(host, "Type", "ActiveState", "SubState", "WatchdogUSec", "NRestarts", "UnitFileState")
     assert props["Type"] == "notify"
@@ -51,6 +70,18 @@ def test_agent_is_active_after_ready(host):
     assert props["WatchdogUSec"] != "0"
     assert props["UnitFileState"] == "enabled"
     assert host.service("nginx").is_enabled is False
+
+
+def test_unit_follows_the_configured_paths(host):
+    """The role's drop-in lets the agent write where agent.yaml says, and only there."""
+    writable = unit(host, "ReadWritePaths")["ReadWritePaths"].split()
+    assert STATE_DIR != "/var/lib/clbagent" and STATE_DIR in writable
+    assert str(Path(STATUS_SOCKET).parent) in writable
+    assert "/var/lib/clbagent" not in writable
+    assert host.file(NGINX_PID_FILE).exists
+    assert host.file(f"/proc/{nginx_master(host)}").is_directory
+    assert host.check_output("find /var/lib/clbagent -mindepth 1") == ""
+    assert host.file(STATE_DIR).mode == 0o711
 
 
 def test_nginx_serves_the_example_through_its_vip(host, backends):
@@ -67,10 +98,9 @@ def test_l4_services_are_in_the_ipvs_table(host):
 
 
 def test_status_socket_answers(host):
-    socket = host.file("/run/clbagent/status.sock")
+    socket = host.file(STATUS_SOCKET)
     assert socket.is_socket and socket.mode == 0o600 and socket.user == "root"
-    status = json.loads(host.check_output("clbagent status --json"))
-    assert "lb-deploy" in json.dumps(status)
+    assert load_balancers(host)["lb-deploy"]["result"] == "applied"
 
 
 def test_metrics_listen_on_loopback_only(host):
@@ -81,9 +111,9 @@ def test_metrics_listen_on_loopback_only(host):
 
 
 def test_private_keys_are_root_only(host):
-    keys = host.check_output("find /var/lib/clbagent /etc/clbagent -name '*.key' -type f").split()
+    keys = host.check_output(f"find {STATE_DIR} /etc/clbagent -name '*.key' -type f").split()
     tls_keys = [k for k in keys if Path(k).parent.name in ("certs", "documents", "staging")]
-    assert any(k.startswith("/var/lib/clbagent/nginx/") for k in tls_keys), keys
+    assert any(k.startswith(f"{STATE_DIR}/nginx/") for k in tls_keys), keys
     for key in keys:
         f = host.file(key)
         assert (f.mode, f.user, f.group) == (0o600, "root", "root"), key
@@ -96,6 +126,25 @@ def test_second_run_changes_nothing(playbook):
     play = playbook()
     assert play.returncode == 0, play.output[-3000:]
     assert play.recap["changed"] == 0, play.output[-3000:]
+
+
+def test_stray_bad_document_is_quarantined_while_the_others_serve(host, backends):
+    """A bad document that reaches the directory without the playbook: the agent keeps serving."""
+    pid = unit(host, "MainPID")["MainPID"]
+    serving = served_by(host)
+    stray = DOCUMENT.read_text().replace("LoadBalancerId: lb-deploy", "LoadBalancerId: lb-stray")
+    stray = stray.replace("127.0.10.1", "127.0.10.2").replace("Port: 8080", "Port: 70000")
+    host.run_expect([0], f"cat > {DOCUMENTS_DIR}/lb-stray.yaml <<'EOF'\n{stray}EOF")
+
+    def quarantined() -> list[dict]:
+        stray_status = load_balancers(host).get("lb-stray", {})
+        return stray_status.get("errors", []) if stray_status.get("result") == "quarantined" else []
+
+    errors = wait_for(quarantined, 120, "the agent to quarantine lb-stray")
+    assert any(e["code"] == "InvalidParameterValue.Range" for e in errors), errors
+    assert load_balancers(host)["lb-deploy"]["result"] == "applied"
+    assert served_by(host) == serving and "" not in serving
+    assert unit(host, "MainPID")["MainPID"] == pid
 
 
 def edited_vars(replace: dict[Path, list[Path]], name: str) -> Path:
@@ -124,11 +173,17 @@ def test_changed_document_is_applied_without_restart(host, playbook, backends, t
     assert check.returncode == 0 and check.recap["changed"] > 0, check.output[-3000:]
     assert other_key.read_text().splitlines()[1] not in check.output
     assert served_by(host) == serving
-    # The real run: every request now goes to the second backend, and the agent was not restarted.
+    # The real run: every request now goes to the second backend, and the agent was not restarted;
+    # the stray document is gone (not listed), so nothing is quarantined any more.
     play = playbook("-e", f"@{edited_vars({DOCUMENT: [edited]}, 'edited')}")
     assert play.returncode == 0, play.output[-3000:]
     wait_for(lambda: served_by(host) == {f"backend-{backends[1]}"}, 180, "the edited weights to be served")
     assert unit(host, "MainPID")["MainPID"] == before
+    listed = yaml.safe_load((RUN / "vars-edited.yml").read_text())["clbagent_documents"]
+    assert sorted(host.check_output(f"ls {DOCUMENTS_DIR}").split()) == sorted(Path(p).name for p in listed)
+    wait_for(lambda: set(load_balancers(host)) == {"lb-deploy"}, 60, "lb-stray to leave the status")
+    status = load_balancers(host)["lb-deploy"]
+    assert status["result"] == "applied" and not status["errors"], status
 
 
 def test_bad_document_fails_the_play_and_host_keeps_serving(host, playbook, backends, tmp_path):
@@ -141,6 +196,22 @@ def test_bad_document_fails_the_play_and_host_keeps_serving(host, playbook, back
     assert play.returncode != 0
     assert re.search(r"InvalidParameterValue\.Range: lb-bad/Listeners\[0\]/Port", play.output), play.output[-3000:]
     assert host.check_output("ls -l --time-style=+%s.%N /etc/clbagent/documents") == documents_before
+    assert served_by(host) == serving
+
+
+def test_stopped_agent_leaves_nginx_serving(host, backends):
+    """SIGTERM (systemctl stop) ends the agent alone; the next start adopts the same nginx master."""
+    master = nginx_master(host)
+    services = ipvs_services(host)
+    serving = served_by(host)
+    host.run_expect([0], "systemctl stop clbagent")
+    assert unit(host, "ActiveState", "Result") == {"ActiveState": "inactive", "Result": "success"}
+    assert host.file(f"/proc/{master}").is_directory
+    assert served_by(host) == serving and "" not in serving
+    assert ipvs_services(host) == services
+    host.run_expect([0], "systemctl start clbagent")
+    assert unit(host, "ActiveState")["ActiveState"] == "active"
+    assert nginx_master(host) == master
     assert served_by(host) == serving
 
 
@@ -164,18 +235,22 @@ def test_restart_keeps_nginx_and_ipvs(host, backends):
     assert served_by(host) == serving and "" not in serving
 
 
+def test_crashed_agent_is_restarted(host, backends):
+    props = unit(host, "MainPID", "NRestarts")
+    master = nginx_master(host)
+    serving = served_by(host)
+    host.run_expect([0], f"kill -KILL {props['MainPID']}")
+    wait_restarted(host, props, "systemd to restart the killed agent (Restart=on-failure)")
+    assert nginx_master(host) == master
+    assert served_by(host) == serving and "" not in serving
+
+
 def test_watchdog_restarts_a_frozen_agent(host, backends):
     props = unit(host, "MainPID", "NRestarts")
     master = nginx_master(host)
     serving = served_by(host)
     host.run_expect([0], f"kill -STOP {props['MainPID']}")
-
-    def restarted() -> bool:
-        now = unit(host, "MainPID", "NRestarts", "ActiveState")
-        return now["ActiveState"] == "active" and now["MainPID"] not in ("0", props["MainPID"])
-
-    wait_for(restarted, 300, "systemd's watchdog to restart the frozen agent", interval=3)
-    assert int(unit(host, "NRestarts")["NRestarts"]) > int(props["NRestarts"])
+    wait_restarted(host, props, "systemd's watchdog to restart the frozen agent")
     assert "watchdog" in host.check_output("journalctl -u clbagent --no-pager -n 200").lower()
     assert nginx_master(host) == master
     assert served_by(host) == serving and "" not in serving
