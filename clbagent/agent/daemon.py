@@ -27,6 +27,10 @@ from clbagent.agent.metrics import AgentMetrics
 from clbagent.agent.source import FileSource
 from clbagent.agent.status import serve
 from clbagent.agent.systemd import notify, watchdog_interval
+from clbagent.health.monitor import Monitor, Transition
+from clbagent.health.report import describe
+from clbagent.health.spec import derive
+from clbagent.health.state import HealthStore
 from clbagent.nginx.metrics_channel import read_text
 from clbagent.nginx.upstreams_channel import SOCKET
 from clbagent.settings import SettingsError
@@ -55,6 +59,9 @@ class Agent:
         self._last_change = 0.0
         self._reasons: set[str] = set()
         self._applying = False
+        self.health: Monitor | None = None
+        self._health_down: frozenset[str] = frozenset()
+        self._probed: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -62,11 +69,18 @@ class Agent:
         loop = asyncio.get_running_loop()
         self.engine.store.lock()
         try:
+            # Health state first: the last known dead targets stay down through the restart.
+            self.health = Monitor(
+                loop, HealthStore(self.config.state_dir), self._health_changed, self.metrics.observe_probe
+            )
+            self._health_down = self.health.down
+            self.engine.set_down(self._health_down)
             await asyncio.to_thread(self.engine.start)
             await self._apply("start")
             endpoint = self.config.metrics_endpoint
             if endpoint is not None:
                 self.metrics.watch_nginx(self.engine.nginx.workers)
+                self.metrics.watch_health(self.health.rows)
                 self.metrics.watch_l7(self._l7_text())
                 self.metrics.add_collector(L4Collector.of(self.engine.l4))
                 self.metrics.serve(*endpoint)
@@ -93,6 +107,8 @@ class Agent:
             self.config.status_socket.unlink(missing_ok=True)
             return 0
         finally:
+            if self.health is not None:
+                self.health.close()
             self.engine.l4.close()
             self.engine.store.unlock()
 
@@ -138,6 +154,7 @@ class Agent:
     async def _apply(self, reason: str) -> ApplyReport | None:
         start = time.perf_counter()
         self._applying = True
+        self.engine.set_down(self._health_down)  # fixed for the whole apply
         try:
             if "resync" in reason:
                 for repaired in await asyncio.to_thread(self.engine.repair):
@@ -154,6 +171,7 @@ class Agent:
             self._applying = False
         seconds = time.perf_counter() - start
         self.metrics.observe(report, seconds, len(self.engine.good.status))
+        self._watch_targets()
         if report.result != "nothing to do" or report.quarantined:
             log(
                 "apply",
@@ -170,6 +188,35 @@ class Agent:
         if not isinstance(self.source, FileSource):
             self.source.applied(report, self.engine.good.status)
         return report
+
+    def _watch_targets(self) -> None:
+        """Probe the targets being served; called after every apply, as targets come and go."""
+        serving = self.engine.serving
+        if self.health is None or serving is None or _same_objects(serving.load_balancers, self._probed):
+            return
+        self._probed = serving.load_balancers
+        self.health.update(derive(serving.load_balancers, serving.state.settings))
+
+    def _health_changed(self, transitions: list[Transition], down: frozenset[str]) -> None:
+        """Every transition is an event; a changed set of dead targets is applied (coalesced)."""
+        for t in transitions:
+            check = f"{t.entry.check.kind} {t.entry.check.endpoint}"
+            for s in t.entry.subjects:
+                log(
+                    "health",
+                    load_balancer=s.load_balancer,
+                    listener=s.listener,
+                    rule=s.rule or None,
+                    target=s.target,
+                    old=t.old,
+                    new=t.new,
+                    reason=t.reason,
+                    check=check,
+                )
+                self.metrics.observe_transition(s.load_balancer, s.listener, s.target, t.new)
+        if down != self._health_down:
+            self._health_down = down
+            self.mark("health")
 
     async def _watch(self) -> None:
         """inotify through watchfiles; polling where inotify is unavailable or asked for."""
@@ -237,6 +284,8 @@ class Agent:
         last = engine.last_report
         if request == "upstreams":
             return {"upstreams": engine.upstreams_report()}
+        if request == "health":
+            return {"health": describe(self.health.rows() if self.health else [])}
         return {
             "agent": {
                 "pid": os.getpid(),
@@ -266,6 +315,11 @@ class Agent:
             },
             "load_balancers": engine.good.status,
         }
+
+
+def _same_objects(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same keys with the very same objects (the serving view reuses unchanged ones)."""
+    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
 
 
 def run_agent(config_path: Path | None) -> int:

@@ -114,7 +114,10 @@ class Engine:
         self.good_plan = IpvsPlan()
         self.desired = IncrementalValidator(self.settings)  # the documents as given
         self.served = IncrementalValidator(self.settings)  # with quarantined ones at their last good version
-        self._units: dict[str, tuple[DocumentResult, int, Files]] = {}
+        self._units: dict[str, tuple[DocumentResult, int, frozenset[str], Files]] = {}
+        self.down: frozenset[str] = frozenset()  # health: keys of dead targets, marked down when compiled
+        self._down_by_lb: dict[str, frozenset[str]] = {}
+        self.serving: Serving | None = None  # what the last good apply serves (the targets to probe)
         self.view = ServingView()
         self._main: list[tuple[tuple[Any, ...], str]] = []  # nginx.conf, by what it depends on
         self._composed: list[tuple[dict[str, Files], str, Files]] = []  # the last file sets composed
@@ -135,6 +138,13 @@ class Engine:
             self.desired = IncrementalValidator(settings)
             self.served = IncrementalValidator(settings)
 
+    def set_down(self, down: frozenset[str]) -> None:
+        """The dead targets' keys (``<lb>/<listener>/<location>/<ip:port>``, L4 ``<lb>/<listener>/<ip:port>``);
+        the next apply compiles again only the load balancers whose keys changed."""
+        if down != self.down:
+            self.down = down
+            self._down_by_lb = _by_load_balancer(down)
+
     # ------------------------------------------------------------------ start
 
     def start(self) -> None:
@@ -148,6 +158,7 @@ class Engine:
             self.good = GoodState()
         compiled = self._compile(list(self.good.documents.items()), full=True)
         self.good_units = compiled.units
+        self.serving = compiled.serving
         self.good_plan = self._plan(compiled)
         if self.good.generation is None:
             return
@@ -282,6 +293,7 @@ class Engine:
             set(units) ^ set(self.good_units) | {k for k in units if units[k] != self.good_units.get(k)}
         )
         report.result = "applied" if (report.changed or not unchanged) else "nothing to do"
+        self.serving = compiled.serving
         self._commit(report, served_sources, units, plan, docs)
         return self._finish(report)
 
@@ -340,17 +352,18 @@ class Engine:
         """One nginx unit per load balancer with L7; a unit is compiled again only when its
         document's verdict or the shared objects changed."""
         out = Compiled(self.view.of(state), {})
-        units: dict[str, tuple[DocumentResult, int, Files]] = {}
+        units: dict[str, tuple[DocumentResult, int, frozenset[str], Files]] = {}
         for doc, lb in out.serving.l7:
+            down = self._down_by_lb.get(doc.root, frozenset())
             cached = self._units.get(doc.root)
-            if cached is not None and cached[0] is doc and cached[1] == validator.catalog_version:
-                out.units[doc.root] = cached[2]
+            if cached is not None and cached[0] is doc and cached[1] == validator.catalog_version and cached[2] == down:
+                out.units[doc.root] = cached[3]
                 units[doc.root] = cached
                 continue
             files, issues = compile_unit(
                 lb,
                 state.catalog,
-                frozenset(),
+                down,
                 self.secret,
                 legacy_tls=self.settings.legacy_tls_default,
                 dynamic=self.dynamic,
@@ -359,7 +372,7 @@ class Engine:
                 out.failed[doc.root] = [i for i in issues if i.severity == "error"]
                 continue
             out.units[doc.root] = files
-            units[doc.root] = (doc, validator.catalog_version, files)
+            units[doc.root] = (doc, validator.catalog_version, down, files)
         self._units = units
         return out
 
@@ -478,7 +491,7 @@ class Engine:
         return "; ".join(left)
 
     def _plan(self, compiled: Compiled) -> IpvsPlan:
-        return self.view.plan(compiled.serving)
+        return self.view.plan(compiled.serving, self.down)
 
     def _bisect(self, units: dict[str, Files], failed_output: str, report: ApplyReport) -> dict[str, str]:
         """The changed load balancers whose new unit makes ``nginx -t`` fail, found by bisection
@@ -622,6 +635,14 @@ class Engine:
             report.generation = self.good.generation
         self.last_report = report
         return report
+
+
+def _by_load_balancer(down: frozenset[str]) -> dict[str, frozenset[str]]:
+    """Health keys grouped by load balancer (their first part)."""
+    out: dict[str, set[str]] = {}
+    for key in down:
+        out.setdefault(key.split("/", 1)[0], set()).add(key)
+    return {lb: frozenset(keys) for lb, keys in out.items()}
 
 
 def _differing(files: Files, base: Files) -> set[str]:
