@@ -41,6 +41,7 @@ class Entry:
     source: str | None
     subjects: list[Subject]
     health: Health
+    prober: Prober
     busy: bool = False
     gone: bool = False
 
@@ -79,7 +80,7 @@ class Monitor:
             "udp": UdpProber(loop),
             "ping": PingProber(loop),
         }
-        self.half_open = isinstance(syn, SynProber)
+        self.stream = stream  # TCP to IPv6 targets: raw SYNs are IPv4 only
         self.saved, self.down = store.load()
         self.entries: dict[Check, Entry] = {}
         self.unchecked: list[Subject] = []
@@ -110,7 +111,10 @@ class Monitor:
             if entry is not None:
                 entry.subjects, entry.source = subjects, probes.sources.get(check)
                 continue
-            entry = Entry(check, probes.sources.get(check), subjects, Health.restored(self.saved.get(check.key)))
+            prober = self.stream if check.kind == "tcp" and check.family == 6 else self.probers[check.kind]
+            entry = Entry(
+                check, probes.sources.get(check), subjects, Health.restored(self.saved.get(check.key)), prober
+            )
             self.entries[check] = entry
             if entry.health.state == DEAD:
                 self._dead.add(entry)
@@ -159,8 +163,7 @@ class Monitor:
             if entry.busy or self.in_flight >= self.max_in_flight:
                 self._push(now + RETRY, entry)  # still running, or out of descriptors: later
                 continue
-            prober = self.probers[entry.check.kind]
-            if not prober.probe(entry.check, entry.source, functools.partial(self._result, entry, now)):
+            if not entry.prober.probe(entry.check, entry.source, functools.partial(self._result, entry, now)):
                 self._push(now + RETRY, entry)
                 continue
             started += 1
@@ -226,7 +229,7 @@ class Monitor:
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """One row per target of each rule or listener: what `clbagent health` and the metrics show."""
-        for entry in self.entries.values():
+        for entry in list(self.entries.values()):  # a copy: the metrics thread reads this too
             h, c = entry.health, entry.check
             for s in entry.subjects:
                 yield {
@@ -242,7 +245,7 @@ class Monitor:
                     "check": f"{c.kind} {c.endpoint}",
                     "source": entry.source,
                 }
-        for s in self.unchecked:
+        for s in list(self.unchecked):
             yield {
                 "load_balancer": s.load_balancer,
                 "listener": s.listener,
@@ -259,6 +262,6 @@ class Monitor:
 
     def counts(self) -> dict[str, int]:
         out = {ALIVE: 0, DEAD: 0, UNKNOWN: 0}
-        for entry in self.entries.values():
+        for entry in list(self.entries.values()):
             out[entry.health.state] += 1
         return out
