@@ -125,3 +125,27 @@ def test_static_mode_says_l7_metrics_are_unavailable(host, status_backend):  # n
     assert "clb_http_metrics_available 0\n" in text
     assert "clb_http_requests_total" not in text
     assert 'clbagent_applies_total{result="applied"} 1.0' in text
+
+
+@pytest.mark.parametrize("host", ["dynamic"], indirect=True)
+def test_prometheus_sees_a_dead_target_and_one_transition(host, status_backend, prometheus):  # noqa: F811
+    alive = status_backend("127.0.60.5")
+    dead = {"EniIp": "127.0.60.6", "Port": free_port("127.0.60.6"), "Weight": 10}  # nothing listens there
+    gone = f"{dead['EniIp']}:{dead['Port']}"
+    doc = _doc(alive.target())
+    check = {"HealthSwitch": 1, "IntervalTime": 5, "UnHealthNum": 2, "HealthNum": 2, "TimeOut": 2}
+    doc["Listeners"][0]["Rules"][1].update(HealthCheck=check, Targets=[alive.target(), dead])
+    address = _start_agent(host, doc)
+    prom = prometheus(address)
+    target = f'load_balancer="lb-m",listener="lbl-m",rule="loc-err",target="{gone}"'
+    wait_for(lambda: prom.value(f'clbagent_target_health{{{target},state="Dead"}}') == 1, 40, "the dead target")
+    assert prom.value(f'clbagent_target_health{{{target},state="Alive"}}') == 0
+    healthy = f'rule="loc-err",target="{alive.endpoint}",state="Alive"'
+    wait_for(lambda: prom.value(f"clbagent_target_health{{{healthy}}}") == 1, 20, "the live target")
+    assert prom.query(f'clbagent_health_transitions_total{{target="{gone}"}}') == {
+        (("instance", address), ("job", "clbagent"), ("listener", "lbl-m"), ("load_balancer", "lb-m"),
+         ("state", "Dead"), ("target", gone)): 1.0
+    }  # fmt: skip
+    events = [json.loads(line) for line in host.log().splitlines() if line.startswith("{")]
+    assert [e["new"] for e in events if e["event"] == "health" and e["target"] == gone] == ["Dead"]
+    assert prom.value("clbagent_health_probes_total") > 2
