@@ -22,7 +22,7 @@ local tonumber, pairs, find, match, sub = tonumber, pairs, string.find, string.m
 local M = {}
 
 --- Upper bounds (seconds) of the request and upstream time histograms; +Inf is implicit.
-M.BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 }
+M.BUCKETS = { 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 10 } -- few: buckets are most of the series
 local BUCKETS, NB = M.BUCKETS, #M.BUCKETS
 local FLUSH_SECONDS = 1
 
@@ -32,7 +32,8 @@ local REQ_B, REQ_L = 0, 5 -- + class (1..5)
 local S404_B, S404_L, S502_B, S502_L, S504_B, S504_L = 11, 12, 13, 14, 15, 16
 local TIMEOUTS, BYTES_IN, BYTES_OUT, NEW_CONNS = 17, 18, 19, 20
 local RT_SUM, RT_BUCKET = 21, 21 -- + bucket index 1..NB+1
-local UT_SUM, UT_COUNT, UT_BUCKET = 36, 37, 37 -- + bucket index 1..NB+1
+local UT_SUM = RT_BUCKET + NB + 2
+local UT_COUNT, UT_BUCKET = UT_SUM + 1, UT_SUM + 1 -- + bucket index 1..NB+1
 local NFIELDS = UT_BUCKET + NB + 1
 
 -- Member fields: requests by class and source, upstream time sum and count, bytes.

@@ -133,7 +133,9 @@ function M.render(scopes, members, buckets, served)
           num(buf:put("clb_http_responses_total{", labels, r[2]), n)
         end
       end
-      num(out.clb_http_response_timeouts_total:put("clb_http_response_timeouts_total{", labels, "} "), f.timeouts or 0)
+      if f.timeouts then -- rare: no series until the first one
+        num(out.clb_http_response_timeouts_total:put("clb_http_response_timeouts_total{", labels, "} "), f.timeouts)
+      end
       local bytes_in, bytes_out = f["bytes in"] or 0, f["bytes out"] or 0
       buf = out.clb_http_bytes_total
       num(buf:put("clb_http_bytes_total{", labels, ',direction="in"} '), bytes_in)
