@@ -154,7 +154,8 @@ def _summary(report: Any) -> str:
         changed = ", ".join(report.changed) or "no load balancer"
         text = f"applied generation {report.generation} (changed: {changed})"
     else:
-        text = f"{report.result}: {report.error}; generation {report.generation} keeps serving"
+        kept = f"generation {report.generation} keeps serving" if report.generation else "nothing was served before"
+        text = f"{report.result}: {report.error}; {kept}"
     if report.quarantined:
         text += f"; kept at their last good version: {', '.join(sorted(report.quarantined))}"
     return text

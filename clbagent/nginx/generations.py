@@ -129,7 +129,9 @@ class Generations:
         base_dir = str(self.path(base)) if base is not None else None
         written: list[str] = []
         tmp.mkdir()
-        made = {"."}
+        for packed in PACKED:  # present even when empty: nginx includes and Lua lists them at start
+            (tmp / packed).mkdir()
+        made = {".", *PACKED}
         for rel, text in files.items():
             parent = os.path.dirname(rel) or "."
             if parent not in made:

@@ -53,6 +53,18 @@ def test_apply_routes_traffic_and_a_repeat_does_nothing(host, backends):
     assert http_get(VIP_A, 8080, "www.example.com", "/other").status == 404
 
 
+@BOTH_MODES
+def test_a_host_starts_with_no_documents_then_serves_the_first_one(host, backends):
+    """A new host has an empty documents directory: nginx starts serving nothing, and the first
+    document is then applied like any other change."""
+    first = host.cli("apply", "--config", str(host.config_path))
+    assert first.returncode == 0 and "applied generation 1" in first.stdout, first.stdout + first.stderr
+    b1 = backends("b1")
+    host.write("a.yaml", http_lb("lb-a", VIP_A, [b1.target()]))
+    assert host.cli("apply", "--config", str(host.config_path)).returncode == 0
+    assert http_get(VIP_A, 8080, "www.example.com").backend == "b1"
+
+
 def test_invalid_document_keeps_its_last_good_version(host, backends):
     b1, b2, b3 = backends("b1"), backends("b2"), backends("b3")
     host.write("a.yaml", http_lb("lb-a", VIP_A, [b1.target()]))
