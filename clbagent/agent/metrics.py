@@ -1,7 +1,9 @@
-"""Prometheus metrics of the agent itself, served on a loopback address by default.
+"""The agent's Prometheus endpoint, on a loopback address by default (docs/metrics.md).
 
-Labels come from configuration and fixed vocabularies only (results), never from requests, so the
-number of series is bounded by the configuration.
+One scrape holds the agent's own families (applies, reloads, health probes, target health), any
+registered collector (IPVS), and the L7 text nginx writes with the instance totals (l7_metrics).
+Labels come from configuration and fixed vocabularies only, never from requests, so the number of
+series is bounded by the configuration.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class TargetHealthCollector(Collector):
 
 
 class AgentMetrics:
+    """The registry and the endpoint; the daemon and the health monitor report into it."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
