@@ -75,6 +75,8 @@ class Agent:
             )
             self._health_down = self.health.down
             self.engine.set_down(self._health_down)
+            if not isinstance(self.source, FileSource):
+                self.source.writer.health = self.health.rows  # status keys carry the health summary
             await asyncio.to_thread(self.engine.start)
             await self._apply("start")
             endpoint = self.config.metrics_endpoint

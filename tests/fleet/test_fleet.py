@@ -40,6 +40,7 @@ def test_one_write_is_applied_by_every_agent(fleet: Fleet):
     for agent in fleet.agents:
         mine = reports[agent.name]
         assert mine["lb-b"]["desired_revision"] == revision and mine["lb-b"]["result"] == "applied"
+        assert set(mine["lb-b"]["health"]) <= {"Alive", "Dead", "Unknown"}  # the health monitor's summary
         assert mine[""]["seen_revision"] >= revision and mine[""]["last_apply"]["result"] == "applied"
         link = agent.status()["agent"]["etcd"]
         assert link["connected"] and link["revision"] >= revision
