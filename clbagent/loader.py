@@ -299,7 +299,8 @@ def read_cert_file(name: str, doc_dir: Path, cert_dir: Path, limit: int) -> str:
         raise DocumentError(f"{shown(name)} is not PEM text (ASCII)", code=Code.FORMAT_ERROR) from None
 
 
-def _read_cert_files(raw: Any, doc_dir: Path, cert_dir: Path, source: str, settings: Settings) -> list[Issue]:
+def read_cert_files(raw: Any, doc_dir: Path, cert_dir: Path, source: str, settings: Settings) -> list[Issue]:
+    """Fill ``CertContent``/``CertKey`` of a raw document from the files it names, inside ``cert_dir``."""
     issues: list[Issue] = []
     certs = raw.get("Certificates") if isinstance(raw, dict) else None
     if not isinstance(certs, list):
@@ -342,17 +343,22 @@ def load(
             why = getattr(exc, "strerror", None) or ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc)
             issues.append(Issue(source, Code.RESOURCE_NOT_FOUND, f"cannot read the file: {why}"))
             continue
-        try:
-            found = parse_text(text, source, settings)
-        except DocumentError as exc:
-            where = f"{source}/{exc.where}" if exc.where else source
-            issues.append(Issue(where, exc.code, f"document refused: {exc}"))
-            continue
-        except (yaml.YAMLError, ValueError) as exc:
-            issues.append(Issue(source, Code.FORMAT_ERROR, f"not valid YAML/JSON: {parse_problem(exc)}"))
-            continue
+        found, refused = read_documents(text, source, settings)
+        issues.extend(refused)
         allowed = cert_dir or settings.cert_dir or f.parent
         for src, raw in found:
-            issues.extend(_read_cert_files(raw, f.parent, allowed, src, settings))
+            issues.extend(read_cert_files(raw, f.parent, allowed, src, settings))
             docs.append((src, raw))
     return docs, issues
+
+
+def read_documents(text: str, source: str, settings: Settings) -> tuple[list[tuple[str, Any]], list[Issue]]:
+    """The documents of one text, or the issue that keeps it from being read (whatever the text's
+    origin: a file, an etcd value)."""
+    try:
+        return parse_text(text, source, settings), []
+    except DocumentError as exc:
+        where = f"{source}/{exc.where}" if exc.where else source
+        return [], [Issue(where, exc.code, f"document refused: {exc}")]
+    except (yaml.YAMLError, ValueError) as exc:
+        return [], [Issue(source, Code.FORMAT_ERROR, f"not valid YAML/JSON: {parse_problem(exc)}")]

@@ -23,7 +23,6 @@ from typing import Any
 
 import aetcd
 import grpc
-import yaml
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
@@ -32,7 +31,7 @@ from clbagent.agent.engine import revision
 from clbagent.agent.etcd.client import ERRORS, Backoff, Endpoints, close_quietly
 from clbagent.agent.source import Snapshot
 from clbagent.errors import Code, Issue
-from clbagent.loader import DocumentError, _read_cert_files, parse_problem, parse_text, shown
+from clbagent.loader import read_cert_files, read_documents, shown
 from clbagent.settings import Settings
 
 PAGE = 500  # keys per listing request
@@ -82,17 +81,13 @@ def parse_value(source: str, data: bytes, cert_dir: Path | None, settings: Setti
             Issue(source, Code.LIMIT_EXCEEDED, f"document refused: larger than {settings.max_document_bytes} bytes")
         ]
     try:
-        found = parse_text(data.decode(), source, settings)
+        text = data.decode()
     except UnicodeDecodeError:
         return [], [Issue(source, Code.FORMAT_ERROR, "not UTF-8 text")]
-    except DocumentError as exc:
-        return [], [Issue(f"{source}/{exc.where}" if exc.where else source, exc.code, f"document refused: {exc}")]
-    except (yaml.YAMLError, ValueError) as exc:
-        return [], [Issue(source, Code.FORMAT_ERROR, f"not valid YAML/JSON: {parse_problem(exc)}")]
-    issues: list[Issue] = []
+    found, issues = read_documents(text, source, settings)
     for src, raw in found:
         if cert_dir is not None:
-            issues.extend(_read_cert_files(raw, cert_dir, cert_dir, src, settings))
+            issues.extend(read_cert_files(raw, cert_dir, cert_dir, src, settings))
         else:
             issues.extend(_files_refused(raw, src))
     return found, issues
