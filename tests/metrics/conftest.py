@@ -10,7 +10,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ import pytest
 
 from clbagent.l7 import write_prefix
 from clbagent.nginx.process import Nginx, check_config
+from tests.agent.conftest import wait_for
 from tests.l7.conftest import LUA_AVAILABLE, NGINX_AVAILABLE, compile_docs
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -31,16 +31,6 @@ def free_port(ip: str) -> int:
     with socket.socket() as s:
         s.bind((ip, 0))
         return s.getsockname()[1]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class _StatusHandler(BaseHTTPRequestHandler):
