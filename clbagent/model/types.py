@@ -99,7 +99,7 @@ def _unscoped(net: IPv4Network | IPv6Network) -> IPv4Network | IPv6Network:
 def _written_as_text(value: Any) -> Any:
     """An address is text: a bare number (or a boolean) would be read as a packed address."""
     if isinstance(value, int | float):
-        raise fail(Code.INVALID_VALUE, "an address is written as text, e.g. \"10.0.0.1\" or \"fd00::1\"")
+        raise fail(Code.INVALID_VALUE, 'an address is written as text, e.g. "10.0.0.1" or "fd00::1"')
     return value
 
 
