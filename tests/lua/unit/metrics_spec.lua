@@ -39,9 +39,9 @@ local function fresh(capacity)
     var = {},
     status = 200,
     shared = { clb_metrics = dict(capacity) },
-    worker = {
-      exiting = function()
-        return false
+    req = {
+      start_time = function()
+        return 1000
       end,
     },
     timer = {
@@ -60,6 +60,10 @@ end
 local function request(m, status, vars)
   ngx.status = status
   ngx.var = vars
+  local seconds = tonumber(vars.request_time or "0") -- what nginx would log as $request_time
+  ngx.now = function()
+    return 1000 + seconds
+  end
   vars[SCOPE_VAR] = vars[SCOPE_VAR] == nil and S or vars[SCOPE_VAR]
   m.log(SCOPE_VAR)
 end
