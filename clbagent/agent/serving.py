@@ -41,6 +41,8 @@ class Serving:
 
 
 class ServingView:
+    """The serving views of the states an engine applies, with what they share kept across calls."""
+
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._plan_key: _PlanKey | None = None

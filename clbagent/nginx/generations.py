@@ -63,6 +63,8 @@ class Generations:
         change is the very same string as before, so that comparing two layouts costs little."""
         out: dict[str, str] = {}
         groups: dict[str, list[tuple[str, str]]] = {}
+        if len(self._pack_of) > 4 * len(files) + 1024:  # paths of load balancers long gone
+            self._pack_of.clear()
         for rel, text in files.items():
             pack = self._pack_of.get(rel)
             if pack is None:
