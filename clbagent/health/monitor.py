@@ -48,6 +48,8 @@ class Entry:
 
 @dataclass
 class Transition:
+    """A check's state changed; ``reason``: the last error, or why it is alive again."""
+
     entry: Entry
     old: str
     new: str
