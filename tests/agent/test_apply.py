@@ -284,7 +284,7 @@ def test_target_changes_reach_nginx_without_a_reload(host, backends):
             if reweighted:
                 # 1:3 → 40 of 160. Each worker runs its own smooth weighted round robin and the
                 # background load takes turns from the same sequences, so this sample is only
-                # close to 1:3; 15–35 % still tells 1:3 from 1:1 (50 %) and from weights ignored.
+                # close to 1:3; 15 to 35 % still tells 1:3 from 1:1 (50 %) and from weights ignored.
                 assert 24 <= seen["b1"] <= 56, seen
     assert worker_pids(host) == workers
     assert load.failed == 0, load.errors[:5]
