@@ -135,7 +135,7 @@ class AgentMetrics:
         if callable(totals):
             self.l4_totals = totals
 
-    def watch_l7(self, read: Callable[[], str] | None) -> None:
+    def watch_l7(self, read: Callable[[], bytes] | None) -> None:
         """The L7 families nginx writes (``read`` None: static mode, nothing counted) and the
         instance totals (docs/metrics.md)."""
         self.l7 = L7Metrics(read, lambda: self.l4_totals() if self.l4_totals else {})
@@ -143,7 +143,7 @@ class AgentMetrics:
     def exposition(self) -> bytes:
         """One scrape: the registry's families, then the L7 text (written directly: see l7_metrics)."""
         text = generate_latest(self.registry)
-        return text + self.l7.text().encode() if self.l7 else text
+        return b"".join((text, self.l7.text())) if self.l7 else text
 
     def serve(self, host: str, port: int) -> None:
         """``GET /metrics`` on ``host:port`` from a daemon thread."""

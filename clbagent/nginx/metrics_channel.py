@@ -4,20 +4,26 @@ Every server and location the compiler writes sets ``SCOPE_VAR`` to a scope made
 IDs only, ``<LoadBalancerId>/<ListenerId>/<LocationId>/<domain>`` (the domain percent-encoded, so
 that a regex domain's ``$`` or ``"`` never reaches the nginx file as such); the Lua log phase
 counts each request under its scope and its backend member. The agent reads the counters over the
-control channel (``GET /metrics``) at scrape time.
+control channel (``POST /metrics``) at scrape time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
-
 # Longer than 32 characters: no named capture of a user's regex can set it (see l7/names.py).
 SCOPE_VAR = "clb_scope_" + hashlib.sha256(b"metrics scope").hexdigest()[:32]
+# What the log phase needs of a request, in one variable: every ngx.var read is a lookup by name.
+REQUEST_VAR = "clb_request_" + hashlib.sha256(b"metrics request").hexdigest()[:32]
+REQUEST_VALUE = (
+    "$connection_requests|$request_length|$bytes_sent|$upstream_response_time|$upstream_header_time|$upstream_addr"
+)
 SHARED_DICT = "clb_metrics"
 DICT_SIZE = "32m"  # a fixed size: a changed size would empty the counters at the next reload
 _DOMAIN_SAFE = "*._-"  # kept as they are (with letters and digits); everything else is %XX
@@ -32,33 +38,56 @@ class MetricsUnavailableError(Exception):
     """nginx did not answer the counters (not running, no Lua module, a failed request)."""
 
 
-def read_text(socket_path: Path, served: Iterable[str] | None = None, timeout: float = 5.0) -> str:
+def read_text(socket_path: Path, served: Iterable[str] | None = None, timeout: float = 5.0) -> bytes:
     """``/metrics`` on the control channel (``<prefix>/run/ctl.sock``): the Prometheus text of the
     L7 counters, written by nginx (``clb.metrics_text``), of the ``served`` load balancers only
     (None: all). It ends with the header and the L7 samples of ``clb_instance_bytes_total``, so
-    that the L4 samples of that family can follow. Plain HTTP over a unix socket: no TLS context
-    (building one costs ~0.1 s per scrape)."""
-    transport = httpx.HTTPTransport(uds=str(socket_path), verify=False)
+    that the L4 samples of that family can follow. The bytes are passed on as they are: at 1,000
+    load balancers they are ~10 MB, and decoding them would cost the scrape time."""
+    conn = _UnixConnection(socket_path, timeout)
     try:
-        with httpx.Client(transport=transport, base_url="http://nginx", timeout=timeout, verify=False) as http:
-            body = None if served is None else {"served": sorted(served)}
-            resp = http.request("GET" if body is None else "POST", "/metrics", json=body)
-    except httpx.HTTPError as e:
+        body = None if served is None else json.dumps({"served": sorted(served)})
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request("GET" if body is None else "POST", "/metrics", body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    except (OSError, http.client.HTTPException) as e:
         raise MetricsUnavailableError(f"nginx control channel: {e}") from e
-    if resp.status_code != 200:
-        raise MetricsUnavailableError(f"nginx control channel: {resp.status_code} {resp.text[:200]}")
-    return resp.text
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise MetricsUnavailableError(f"nginx control channel: {resp.status} {data[:200].decode(errors='replace')}")
+    return data
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """Plain HTTP/1.1 over a unix socket: no TLS context, no client pool (a scrape makes one request)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("nginx", timeout=timeout)
+        self.path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 def http_lines() -> tuple[str, str, str, str]:
-    """The http-level pieces of counting: the dict and the scope's default, the module loaded in
-    the master, the flush timer of each worker, and the log-phase call."""
+    """The http-level pieces of counting: the dict, the defaults of the scope and request variables,
+    the module loaded in the master, the flush timer of each worker, and the log-phase call."""
     return (
         # the scope is "" wherever no server or location of ours sets it (no warning, not counted)
-        f'    lua_shared_dict {SHARED_DICT} {DICT_SIZE};\n    map "" ${SCOPE_VAR} {{ default ""; }}\n',
+        f'    lua_shared_dict {SHARED_DICT} {DICT_SIZE};\n    map "" ${SCOPE_VAR} {{ default ""; }}\n'
+        f'    map "" ${REQUEST_VAR} {{ default "{REQUEST_VALUE}"; }}\n',
         'require("clb.metrics")',
         '    init_worker_by_lua_block { require("clb.metrics").start() }\n',
-        f'require("clb.metrics").log("{SCOPE_VAR}")',
+        f'require("clb.metrics").log("{SCOPE_VAR}", "{REQUEST_VAR}")',
     )
 
 

@@ -17,10 +17,10 @@ from tests.metrics.conftest import wait_for
 ODD_DOMAIN = '~^a"b\\c$'  # a regex domain: quotes, a backslash and a dollar survive as label text
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(text.decode())
         for s in family.samples
     }
 
@@ -36,11 +36,11 @@ def test_scope_keeps_any_domain_and_writes_no_dollar():
 
 
 NGINX_TEXT = (
-    "# HELP clb_http_requests_total Requests\n# TYPE clb_http_requests_total counter\n"
-    'clb_http_requests_total{load_balancer="lb-1",listener="lbl-1",rule="loc-1",domain="a",'
-    'code="2xx",source="backend"} 3\n'
-    "# HELP clb_instance_bytes_total Bytes\n# TYPE clb_instance_bytes_total counter\n"
-    'clb_instance_bytes_total{load_balancer="lb-1",layer="l7",direction="in"} 100\n'
+    b"# HELP clb_http_requests_total Requests\n# TYPE clb_http_requests_total counter\n"
+    b'clb_http_requests_total{load_balancer="lb-1",listener="lbl-1",rule="loc-1",domain="a",'
+    b'code="2xx",source="backend"} 3\n'
+    b"# HELP clb_instance_bytes_total Bytes\n# TYPE clb_instance_bytes_total counter\n"
+    b'clb_instance_bytes_total{load_balancer="lb-1",layer="l7",direction="in"} 100\n'
 )
 L4 = {"lb-1": {"bytes_in": 5, "bytes_out": 7, "packets_in": 1, "packets_out": 2}, "lb-4": {"bytes_in": 9}}
 
@@ -76,7 +76,7 @@ def test_health_families():
     m.observe_transition("lb-1", "lbl-1", "10.0.0.1:80", "Dead")
     rows = [{"load_balancer": "lb-1", "listener": "lbl-1", "rule": "loc-1", "target": "10.0.0.1:80", "state": "Dead"}]
     m.watch_health(lambda: rows)
-    got = _samples(m.exposition().decode())
+    got = _samples(m.exposition())
     assert _get(got, "clbagent_health_probes_total", kind="http", result="failed") == 1
     assert _get(got, "clbagent_health_probe_duration_seconds_count", kind="tcp") == 1
     assert _get(got, "clbagent_health_transitions_total", load_balancer="lb-1", listener="lbl-1",
@@ -85,7 +85,7 @@ def test_health_families():
     assert _get(got, "clbagent_target_health", **target, state="Dead") == 1
     assert _get(got, "clbagent_target_health", **target, state="Alive") == 0
     rows[0]["state"] = "Alive"  # read at every scrape
-    assert _get(_samples(m.exposition().decode()), "clbagent_target_health", **target, state="Alive") == 1
+    assert _get(_samples(m.exposition()), "clbagent_target_health", **target, state="Alive") == 1
 
 
 def _ipv6_loopback() -> bool:
@@ -116,8 +116,8 @@ def test_endpoint_serves_registry_and_l7_text(host):
     assert httpx.get(url.replace("/metrics", "/other")).status_code == 404
 
 
-def _fetch(url: str) -> str:
+def _fetch(url: str) -> bytes:
     try:
-        return httpx.get(url, timeout=2).text
+        return httpx.get(url, timeout=2).content
     except httpx.HTTPError:
-        return ""
+        return b""

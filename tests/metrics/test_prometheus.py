@@ -4,11 +4,13 @@ figure is read back through Prometheus' HTTP API (docs/metrics.md)."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent.conftest import host  # noqa: F401 - fixture
 from tests.metrics.conftest import free_port, wait_for
@@ -48,6 +50,20 @@ def _get(path: str, host_header: str = HOST) -> httpx.Response:
         return _CLIENT.get(f"http://{VIP}:8080{path}", headers={"Host": host_header})
     except httpx.HTTPError:
         return httpx.Response(0)
+
+
+def _idle_client() -> socket.socket:
+    """A client connection to the listener that made one request and stays open (keep-alive)."""
+    sock = socket.create_connection((VIP, 8080), timeout=5)
+    sock.sendall(f"GET /app HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def _connections(address: str) -> dict[str, float]:
+    """clb_http_connections by state, read from the agent's endpoint."""
+    families = text_string_to_metric_families(_scrape(address))
+    return {s.labels["state"]: s.value for f in families if f.name == "clb_http_connections" for s in f.samples}
 
 
 def _scrape(address: str) -> str:
@@ -114,6 +130,17 @@ def test_prometheus_reads_rule_counters_by_source(host, status_backend, promethe
             result = prom.api("query", query=expr)["result"]  # raises unless Prometheus accepts it
             if "clb_http_requests_total" in expr:
                 assert result, f"{panel['title']}: no data for {expr}"
+
+    # nginx's connection gauges (host-wide): four idle keep-alive clients wait, until they close
+    base = _connections(address)
+    clients = [_idle_client() for _ in range(4)]
+    try:
+        wait_for(lambda: _connections(address)["waiting"] == base["waiting"] + 4, 10, "four waiting connections")
+        assert _connections(address)["active"] >= base["active"] + 4
+    finally:
+        for c in clients:
+            c.close()
+    wait_for(lambda: _connections(address)["waiting"] == base["waiting"], 10, "the connections closed")
 
 
 @pytest.mark.parametrize("host", ["static"], indirect=True)

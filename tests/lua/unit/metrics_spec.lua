@@ -1,37 +1,75 @@
 --- clb.metrics with a stand-in for ngx: what one request adds, and the flush into the shared dict.
 
-local SCOPE_VAR = "clb_scope_test"
+local SCOPE_VAR, REQUEST_VAR = "clb_scope_test", "clb_request_test"
 local S = "lb-1/lbl-1/loc-1/www.example.com"
 
---- ngx.shared.DICT for the calls the module makes (incr without init fails on a missing key,
---- safe_add refuses when full).
+--- ngx.shared.DICT for the calls the module makes (safe_set and add refuse a new key when full).
 local function dict(capacity)
   local d = { data = {}, n = 0 }
   function d:get(k)
     return self.data[k]
   end
-  function d:incr(k, by, init)
-    local v = self.data[k]
-    if v == nil then
-      if init == nil then
-        return nil, "not found"
+  local function store(self, k, v)
+    if self.data[k] == nil then
+      if self.n >= (capacity or math.huge) then
+        return false, "no memory"
       end
-      v, self.n = init, self.n + 1
+      self.n = self.n + 1
     end
-    self.data[k] = v + by
-    return v + by
+    self.data[k] = v
+    return true
   end
-  function d:safe_add(k, v)
+  function d:safe_set(k, v)
+    return store(self, k, v)
+  end
+  function d:add(k, v)
     if self.data[k] ~= nil then
       return false, "exists"
     end
-    if self.n >= (capacity or math.huge) then
-      return false, "no memory"
+    return store(self, k, v)
+  end
+  function d:delete(k)
+    if self.data[k] ~= nil then
+      self.data[k], self.n = nil, self.n - 1
     end
-    self.data[k], self.n = v, self.n + 1
-    return true
   end
   return d
+end
+
+--- The counters a record holds, by name (zeros left out), as the text shows them.
+local function counters(data, key)
+  local text = require("clb.metrics_text")
+  local member = key:find("\t", 1, true) ~= nil
+  local values = text.unpack(data[(member and "\3" or "\2") .. key], member and text.MFIELDS or text.NFIELDS)
+  if not values then
+    return {}
+  end
+  local names = {}
+  local req_b, req_l = member and text.M_REQ_B or text.REQ_B, member and text.M_REQ_L or text.REQ_L
+  for class = 1, 5 do
+    names[req_b + class], names[req_l + class] = "req " .. class .. "xx backend", "req " .. class .. "xx lb"
+  end
+  if member then
+    names[text.M_UT_SUM], names[text.M_UT_COUNT] = "ut sum", "ut count"
+    names[text.M_BYTES_IN], names[text.M_BYTES_OUT] = "bytes in", "bytes out"
+  else
+    names[text.S404_B], names[text.S404_L] = "code 404 backend", "code 404 lb"
+    names[text.S502_B], names[text.S502_L] = "code 502 backend", "code 502 lb"
+    names[text.S504_B], names[text.S504_L] = "code 504 backend", "code 504 lb"
+    names[text.TIMEOUTS], names[text.BYTES_IN], names[text.BYTES_OUT] = "timeouts", "bytes in", "bytes out"
+    names[text.NEW_CONNS], names[text.RT_SUM], names[text.UT_SUM], names[text.UT_COUNT] = "conns", "rt sum", "ut sum", "ut count"
+    for i, b in ipairs(text.BUCKETS) do
+      names[text.RT_BUCKET + i], names[text.UT_BUCKET + i] = "rt " .. b, "ut " .. b
+    end
+    names[text.RT_BUCKET + #text.BUCKETS + 1], names[text.UT_BUCKET + #text.BUCKETS + 1] = "rt +Inf", "ut +Inf"
+  end
+  local out = {}
+  for i, v in ipairs(values) do
+    if v ~= 0 then
+      out[names[i]] = v
+    end
+  end
+  return out
 end
 
 local function fresh(capacity)
@@ -50,6 +88,7 @@ local function fresh(capacity)
       end,
     },
     log = function() end,
+    sleep = function() end,
     WARN = 5,
     ERR = 4,
   }
@@ -65,7 +104,13 @@ local function request(m, status, vars)
     return 1000 + seconds
   end
   vars[SCOPE_VAR] = vars[SCOPE_VAR] == nil and S or vars[SCOPE_VAR]
-  m.log(SCOPE_VAR)
+  local parts = {}
+  for i, name in ipairs({ "connection_requests", "request_length", "bytes_sent", "upstream_response_time",
+    "upstream_header_time", "upstream_addr" }) do
+    parts[i] = vars[name] or ""
+  end
+  vars[REQUEST_VAR] = table.concat(parts, "|") -- what the map of clbagent/nginx/metrics_channel.py gives
+  m.log(SCOPE_VAR, REQUEST_VAR)
 end
 
 local BACKEND_200 = function()
@@ -86,16 +131,16 @@ describe("clb.metrics", function()
     request(m, 200, BACKEND_200())
     request(m, 200, BACKEND_200())
     m.flush()
-    assert.equal(2, data[S .. "\treq 2xx backend"])
-    assert.equal(200, data[S .. "\tbytes in"])
-    assert.equal(500, data[S .. "\tbytes out"])
-    assert.equal(2, data[S .. "\tconns"])
-    assert.equal(2, data[S .. "\trt 0.005"])
-    assert.equal(2, data[S .. "\tut count"])
-    assert.equal(2, data[S .. "\t10.0.0.1:80\treq 2xx backend"])
-    assert.near(0.006, data[S .. "\t10.0.0.1:80\tut sum"], 1e-9)
+    assert.equal(2, counters(data, S)["req 2xx backend"])
+    assert.equal(200, counters(data, S)["bytes in"])
+    assert.equal(500, counters(data, S)["bytes out"])
+    assert.equal(2, counters(data, S)["conns"])
+    assert.equal(2, counters(data, S)["rt 0.005"])
+    assert.equal(2, counters(data, S)["ut count"])
+    assert.equal(2, counters(data, S .. "\t10.0.0.1:80")["req 2xx backend"])
+    assert.near(0.006, counters(data, S .. "\t10.0.0.1:80")["ut sum"], 1e-9)
     m.flush() -- nothing new: nothing added twice
-    assert.equal(2, data[S .. "\treq 2xx backend"])
+    assert.equal(2, counters(data, S)["req 2xx backend"])
   end)
 
   it("tells the load balancer's own answers from the backend's", function()
@@ -109,16 +154,16 @@ describe("clb.metrics", function()
       request_time = "60.002",
     })
     m.flush()
-    assert.equal(1, data[S .. "\treq 4xx lb"])
-    assert.equal(1, data[S .. "\tcode 404 lb"])
-    assert.is_nil(data[S .. "\tcode 404 backend"])
-    assert.equal(1, data[S .. "\tcode 502 backend"])
-    assert.is_nil(data[S .. "\tcode 502 lb"])
-    assert.equal(1, data[S .. "\tcode 504 lb"])
-    assert.equal(1, data[S .. "\ttimeouts"])
-    assert.equal(1, data[S .. "\trt +Inf"]) -- 60.002 s: above the last bound
-    assert.equal(1, data[S .. "\tut +Inf"])
-    assert.equal(1, data[S .. "\t10.0.0.1:80\treq 5xx lb"])
+    assert.equal(1, counters(data, S)["req 4xx lb"])
+    assert.equal(1, counters(data, S)["code 404 lb"])
+    assert.is_nil(counters(data, S)["code 404 backend"])
+    assert.equal(1, counters(data, S)["code 502 backend"])
+    assert.is_nil(counters(data, S)["code 502 lb"])
+    assert.equal(1, counters(data, S)["code 504 lb"])
+    assert.equal(1, counters(data, S)["timeouts"])
+    assert.equal(1, counters(data, S)["rt +Inf"]) -- 60.002 s: above the last bound
+    assert.equal(1, counters(data, S)["ut +Inf"])
+    assert.equal(1, counters(data, S .. "\t10.0.0.1:80")["req 5xx lb"])
   end)
 
   it("puts a request on the member of its last try, never on an upstream name", function()
@@ -129,10 +174,10 @@ describe("clb.metrics", function()
     request(m, 200, vars)
     request(m, 502, { upstream_addr = "u_abc_loc", upstream_response_time = "0.000", upstream_header_time = "-" })
     m.flush()
-    assert.equal(1, data[S .. "\t10.0.0.2:80\treq 2xx backend"])
-    assert.is_nil(data[S .. "\t10.0.0.1:80\treq 2xx backend"])
-    assert.is_nil(data[S .. "\tu_abc_loc\treq 5xx lb"])
-    assert.equal(2, data[S .. "\tut 0.005"]) -- the last try's time (0.003), and the 0.000 of no peer
+    assert.equal(1, counters(data, S .. "\t10.0.0.2:80")["req 2xx backend"])
+    assert.is_nil(counters(data, S .. "\t10.0.0.1:80")["req 2xx backend"])
+    assert.is_nil(counters(data, S)["u_abc_loc\treq 5xx lb"])
+    assert.equal(2, counters(data, S)["ut 0.005"]) -- the last try's time (0.003), and the 0.000 of no peer
   end)
 
   it("counts nothing without a scope", function()
@@ -143,21 +188,34 @@ describe("clb.metrics", function()
   end)
 
   it("keeps counts for the next flush when the dict is full, never evicting", function()
-    local m, data = fresh(3)
+    local m, data = fresh(2) -- room for the scope's record and a lock: not for the member's record
     request(m, 200, BACKEND_200())
     m.flush()
-    local held = 0
-    for _ in pairs(data) do
-      held = held + 1
-    end
-    assert.equal(3, held)
+    assert.equal(1, counters(data, S)["req 2xx backend"])
+    assert.same({}, counters(data, S .. "\t10.0.0.1:80"))
     ngx.shared.clb_metrics = dict() -- room again
     data = ngx.shared.clb_metrics.data
     m.flush()
-    local rest = 0
-    for _ in pairs(data) do
-      rest = rest + 1
+    assert.same({}, counters(data, S)) -- already written: not again
+    assert.same({ ["req 2xx backend"] = 1, ["ut count"] = 1, ["ut sum"] = 0.003, ["bytes in"] = 100, ["bytes out"] = 250 },
+      counters(data, S .. "\t10.0.0.1:80"))
+  end)
+
+  it("waits for another worker's lock and adds to its counts", function()
+    local m, data = fresh()
+    request(m, 200, BACKEND_200())
+    m.flush()
+    local d, tries = ngx.shared.clb_metrics, 0
+    d.data["\1\2" .. S] = true -- another worker merges into the scope's record
+    ngx.sleep = function()
+      tries = tries + 1
+      if tries == 3 then
+        d:delete("\1\2" .. S)
+      end
     end
-    assert.equal(9 + 5 - 3, rest) -- every field of the request (9 of the scope, 5 of the member), once
+    request(m, 200, BACKEND_200())
+    m.flush(true)
+    assert.equal(3, tries)
+    assert.equal(2, counters(data, S)["req 2xx backend"])
   end)
 end)

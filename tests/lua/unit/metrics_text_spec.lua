@@ -10,7 +10,15 @@ ngx.unescape_uri = ngx.unescape_uri
 package.loaded["clb.metrics_text"] = nil
 local text = require("clb.metrics_text")
 
-local BUCKETS = { 0.005, 0.1, 1, 60 }
+
+--- A record of ``n`` fields holding ``values`` (field → number), as the flush writes it.
+local function record(n, values)
+  local counts = {}
+  for i = 1, n do
+    counts[i] = values[i] or 0
+  end
+  return text.merge(nil, counts, n)
+end
 local S = "lb-1/lbl-1/loc-1/~%5Ea%22b%5Cc%24" -- the domain ~^a"b\c$, percent-encoded
 local LABELS = 'load_balancer="lb-1",listener="lbl-1",rule="loc-1",domain="~^a\\"b\\\\c$"'
 
@@ -23,28 +31,37 @@ local function lines(s)
 end
 
 describe("clb.metrics_text", function()
-  it("writes requests, histograms (cumulative, +Inf = count), members and instance bytes", function()
+  it("writes requests, histograms (cumulative, +Inf = count), members, connections and instance bytes", function()
+    local rt = text.RT_BUCKET
     local scopes = {
-      [S] = {
-        ["req 2xx backend"] = 7,
-        ["code 502 lb"] = 1,
-        ["bytes in"] = 900,
-        ["bytes out"] = 4000,
-        ["rt 0.005"] = 5,
-        ["rt 1"] = 3,
-        ["rt +Inf"] = 1,
-        ["rt sum"] = 70.5,
-      },
+      [S] = record(text.NFIELDS, {
+        [text.REQ_B + 2] = 7,
+        [text.S502_L] = 1,
+        [text.BYTES_IN] = 900,
+        [text.BYTES_OUT] = 4000,
+        [rt + 1] = 5, -- 0.005
+        [rt + 6] = 3, -- 1
+        [rt + #text.BUCKETS + 1] = 1, -- +Inf
+        [text.RT_SUM] = 70.5,
+      }),
     }
-    local members = { [S .. "\t10.0.0.1:80"] = { ["req 2xx backend"] = 7, ["ut count"] = 7, ["ut sum"] = 0.25 } }
-    local got = lines(text.render(scopes, members, BUCKETS))
+    local members = {
+      [S .. "\t10.0.0.1:80"] = record(text.MFIELDS, {
+        [text.M_REQ_B + 2] = 7,
+        [text.M_UT_COUNT] = 7,
+        [text.M_UT_SUM] = 0.25,
+      }),
+    }
+    local got = lines(text.render(scopes, members, nil, { active = "3", reading = "0", writing = "1", waiting = "2" }))
     assert.is_true(got["clb_http_requests_total{" .. LABELS .. ',code="2xx",source="backend"} 7'])
+    assert.is_nil(got["clb_http_requests_total{" .. LABELS .. ',code="2xx",source="lb"} 0']) -- zeros: no series yet
     assert.is_true(got["clb_http_responses_total{" .. LABELS .. ',code="502",source="lb"} 1'])
     assert.is_true(got["clb_http_bytes_total{" .. LABELS .. ',direction="out"} 4000'])
+    assert.is_true(got["clb_http_new_connections_total{" .. LABELS .. "} 0"])
     assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="0.005"} 5'])
-    assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="0.1"} 5'])
+    assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="0.5"} 5'])
     assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="1.0"} 8'])
-    assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="60.0"} 8'])
+    assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="10.0"} 8'])
     assert.is_true(got["clb_http_request_duration_seconds_bucket{" .. LABELS .. ',le="+Inf"} 9'])
     assert.is_true(got["clb_http_request_duration_seconds_count{" .. LABELS .. "} 9"])
     assert.is_true(got["clb_http_request_duration_seconds_sum{" .. LABELS .. "} 70.5"])
@@ -52,15 +69,25 @@ describe("clb.metrics_text", function()
     local member = LABELS .. ',target="10.0.0.1:80"'
     assert.is_true(got["clb_http_backend_requests_total{" .. member .. ',code="2xx",source="backend"} 7'])
     assert.is_true(got["clb_http_backend_response_seconds_sum{" .. member .. "} 0.25"])
+    assert.is_true(got['clb_http_connections{state="active"} 3'])
+    assert.is_true(got['clb_http_connections{state="waiting"} 2'])
     assert.is_true(got['clb_instance_bytes_total{load_balancer="lb-1",layer="l7",direction="in"} 900'])
   end)
 
+  it("adds a flush to a record, and skips values of another size", function()
+    local counts = { 1, 2, 3 }
+    local merged = text.merge(text.merge(nil, counts, 3), counts, 3)
+    assert.same({ 2, 4, 6 }, text.unpack(merged, 3))
+    assert.is_nil(text.unpack(merged, 4))
+    assert.equal("", text.render({ [S] = merged }, { [S .. "\tx"] = merged }):match("clb_http_requests_total") or "")
+  end)
+
   it("leaves out load balancers not served and ends with the instance-bytes header", function()
-    local scopes = { [S] = { ["req 2xx backend"] = 1 }, ["lb-2/l/r/d"] = { ["req 2xx backend"] = 1 } }
-    local out = text.render(scopes, {}, BUCKETS, { ["lb-2"] = true })
+    local one = record(text.NFIELDS, { [text.REQ_B + 2] = 1 })
+    local out = text.render({ [S] = one, ["lb-2/l/r/d"] = one }, {}, { ["lb-2"] = true })
     assert.is_nil(out:find("lb-1", 1, true))
     assert.truthy(out:find('load_balancer="lb-2"', 1, true))
-    local empty = text.render({}, {}, BUCKETS)
+    local empty = text.render({}, {})
     assert.equal(
       "# HELP clb_instance_bytes_total Bytes of the load balancer from clients (in) and to them (out), by layer"
         .. " (l7: requests and responses)\n# TYPE clb_instance_bytes_total counter\n",
