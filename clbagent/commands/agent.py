@@ -182,20 +182,28 @@ def run_daemon(args: Any) -> int:
     return run_agent(_config_path(args.config))
 
 
-def run_status(args: Any) -> int:
+def ask_agent(args: Any, command: str, what: str) -> dict[str, Any] | int:
+    """The running agent's answer to ``what`` (on --socket, or the config's status socket), or the
+    exit code once the reason there is none has been printed."""
     from clbagent.agent.status import StatusUnavailableError, request
 
     socket_path = args.socket
     if socket_path is None:
-        config = _load_config(args, "status")
+        config = _load_config(args, command)
         if config is None:
             return EXIT_INVALID
         socket_path = config.status_socket
     try:
-        status = request(socket_path, "upstreams" if args.upstreams else "status")
+        return request(socket_path, what)
     except StatusUnavailableError as exc:
-        print(f"clbagent status: {exc}", file=sys.stderr)
+        print(f"clbagent {command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def run_status(args: Any) -> int:
+    status = ask_agent(args, "status", "upstreams" if args.upstreams else "status")
+    if isinstance(status, int):
+        return status
     if args.upstreams:
         report = status["upstreams"]
         if args.json:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clbagent.commands import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, EXIT_REFUSED
-from clbagent.commands.agent import CONFIG_HELP, _load_config
+from clbagent.commands import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED
+from clbagent.commands.agent import CONFIG_HELP, ask_agent
 
 
 def add_parser(sub: Any) -> None:
@@ -26,23 +26,15 @@ def add_parser(sub: Any) -> None:
 
 
 def run_health(args: Any) -> int:
-    from clbagent.agent.status import StatusUnavailableError, request
     from clbagent.health.report import format_text
 
-    socket_path = args.socket
-    if socket_path is None:
-        config = _load_config(args, "health")
-        if config is None:
-            return EXIT_INVALID
-        socket_path = config.status_socket
-    try:
-        report = request(socket_path, "health")["health"]
-    except StatusUnavailableError as exc:
-        print(f"clbagent health: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyError:
+    answer = ask_agent(args, "health", "health")
+    if isinstance(answer, int):
+        return answer
+    if "health" not in answer:
         print("clbagent health: the running agent does not report health", file=sys.stderr)
         return EXIT_FAILURE
+    report = answer["health"]
     if args.json:
         json.dump(report, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
