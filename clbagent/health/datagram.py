@@ -98,7 +98,11 @@ class PingProber:
 
     def probe(self, check: Check, source: str | None, done: Done) -> bool:
         fam = family(check.address)
-        sock, raw = self._socket(fam, source)
+        try:
+            sock, raw = self._socket(fam, source)
+        except OSError as exc:  # no raw socket and no ping socket for this user: nothing can be said
+            self.loop.call_soon(done, None, f"cannot send ICMP: {exc.strerror or exc}")
+            return True
         self._seq = (self._seq + 1) & 0xFFFF
         kind = ICMP_ECHO if fam == socket.AF_INET else ICMP6_ECHO
         body = struct.pack("!BBHHH", kind, 0, 0, self._ident, self._seq) + b"clbagent-health!"

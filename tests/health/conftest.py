@@ -125,39 +125,25 @@ class UdpResponder:
         self.sock.close()
 
 
+def _made(make: Callable[..., Any], cleanup: Callable[[Any], None]) -> Iterator[Callable[..., Any]]:
+    made: list[Any] = []
+
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    yield factory
+    for thing in made:
+        cleanup(thing)
+
+
 @pytest.fixture
 def http_backends() -> Iterator[Callable[..., HttpBackend]]:
-    made: list[HttpBackend] = []
-
-    def make(ip: str, label: str, tls: ssl.SSLContext | None = None) -> HttpBackend:
-        b = HttpBackend(ip, label, tls)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
+    """``http_backends(ip, label[, tls])``: an HTTP target, stopped at the end."""
+    yield from _made(HttpBackend, HttpBackend.stop)
 
 
 @pytest.fixture
-def udp_responders() -> Iterator[Callable[[str, bytes, bytes], UdpResponder]]:
-    made: list[UdpResponder] = []
-
-    def make(ip: str, request: bytes, reply: bytes) -> UdpResponder:
-        r = UdpResponder(ip, request, reply)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> float:
-    """Seconds until ``cond`` held; fails after ``timeout``."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if cond():
-            return time.monotonic() - start
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def udp_responders() -> Iterator[Callable[..., UdpResponder]]:
+    """``udp_responders(ip, request, reply)``: a UDP target, closed at the end."""
+    yield from _made(UdpResponder, UdpResponder.close)
