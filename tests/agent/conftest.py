@@ -210,7 +210,16 @@ class Load:
 
 
 def worker_pids(host: Host) -> set[int]:
-    return set(host.nginx().workers()[0])
+    """The master's current workers, once they are all up (a new master forks them one by one)."""
+    deadline = time.monotonic() + 5
+    seen = set(host.nginx().workers()[0])
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        again = set(host.nginx().workers()[0])
+        if again == seen and seen:
+            break
+        seen = again
+    return seen
 
 
 def master_pid(host: Host) -> int | None:

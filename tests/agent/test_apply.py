@@ -102,6 +102,7 @@ def test_unparsable_file_keeps_its_last_good_version(host, backends):
 
 def _inject(monkeypatch, lb_id: str, extra: str) -> None:
     """Make the compiled file of one load balancer carry ``extra`` (what nginx will judge)."""
+
     def compile_lb(lb, catalog, down, secret, **options):
         text, files, warnings = REAL_COMPILE(lb, catalog, down, secret, **options)
         return (text + extra if lb.id == lb_id else text), files, warnings

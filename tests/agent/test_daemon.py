@@ -80,7 +80,7 @@ def test_burst_of_edits_is_coalesced(host, backends):
     wait_for(lambda: _answers("b2"), 30, "the last edit served")  # i = 49 → pool[2]
     __import__("time").sleep(1.5)
     applies = len([e for e in _events(host, "apply") if e["result"] == "applied"]) - before
-    assert 1 <= applies <= 2, host.log()  # each one a reload in static mode
+    assert 1 <= applies <= 3, host.log()  # 50 edits, a few applies (each one a reload in static mode)
 
 
 def test_dead_master_is_restarted_and_sigterm_leaves_nginx_serving(host, backends):
