@@ -91,7 +91,7 @@ def request_path(work: Path, seconds: int, rounds: int) -> None:
                 f"throughput {label} (wrk -t1 -c32, {rounds} pairs of {seconds}s): not counted {p:,.0f}, "
                 f"counted {c:,.0f}; counted/not counted = {ratio:.1%} (median of pairs, goal >= 95%)"
             )
-        families = text_string_to_metric_families(read_text(bench.front / SOCKET))
+        families = text_string_to_metric_families(read_text(bench.front / SOCKET).decode())
         counted = sum(x.value for f in families if f.name == "clb_http_requests" for x in f.samples)
         print(f"  requests counted by nginx: {counted:,.0f} (only the counted location's)")
     finally:

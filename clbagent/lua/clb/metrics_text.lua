@@ -85,8 +85,13 @@ local function escape(text)
   return (gsub(text, '[\\"\n]', ESCAPES))
 end
 
---- Put a number as Prometheus reads it (integers without an exponent up to 2^53) and end the line.
+--- Put a number as Prometheus reads it and end the line. A plain put writes 14 significant digits
+--- (integers below 10^14 exactly, sums of seconds to 1e-14) and stays in compiled code; putf, for
+--- the rare integer above that, does not.
 local function num(buf, v)
+  if v < 1e14 and v > -1e14 then
+    return buf:put(v, "\n")
+  end
   if v == floor(v) and v < 9007199254740992 and v > -9007199254740992 then
     return buf:putf("%d\n", v)
   end
@@ -140,66 +145,127 @@ function M.labels(scope)
   return hit
 end
 
-local function nonzero(buf, family, labels, p, fields)
-  for i = 1, #fields do
-    local f = fields[i]
-    local n = p[f[1]]
-    if n ~= 0 then
-      num(buf:put(family, labels, f[2]), n)
+--- Whether any row has a non-zero value in ``fields`` (a list of field numbers): a family without
+--- samples gets no header.
+local function any(rows, fields)
+  for r = 1, #rows do
+    local p = rows[r][2]
+    for i = 1, #fields do
+      if p[fields[i]] ~= 0 then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+local function header(buf, fam)
+  buf:put("# HELP ", fam[1], " ", fam[3], "\n# TYPE ", fam[1], " ", fam[2], "\n")
+end
+
+--- Requests by class (``fields``: REQ or MREQ), one line per non-zero counter.
+local function by_class(buf, fam, rows, fields)
+  local numbers = {}
+  for i, f in ipairs(fields) do
+    numbers[i] = f[1]
+  end
+  if not any(rows, numbers) then
+    return
+  end
+  header(buf, fam)
+  local family = fam[1] .. "{"
+  for r = 1, #rows do
+    local labels, p = rows[r][1], rows[r][2]
+    for i = 1, #fields do
+      local f = fields[i]
+      local n = p[f[1]]
+      if n ~= 0 then
+        num(buf:put(family, labels, f[2]), n)
+      end
     end
   end
 end
 
-local function histogram(buf, family, labels, p, first, sum)
-  local total = 0
-  for i = 1, NB + 1 do
-    total = total + p[first + i]
-  end
-  if total == 0 then
+--- One line per row (``suffix`` after the labels) of field ``field``; ``always``: zeros too.
+local function single(buf, fam, rows, field, suffix, always)
+  if not (always and #rows > 0 or any(rows, { field })) then
     return
   end
-  total = 0
-  for i = 1, NB + 1 do
-    total = total + p[first + i]
-    num(buf:put(family, "_bucket{", labels, BOUNDS[i]), total)
+  header(buf, fam)
+  local family = fam[1] .. "{"
+  for r = 1, #rows do
+    local n = rows[r][2][field]
+    if always or n ~= 0 then
+      num(buf:put(family, rows[r][1], suffix), n)
+    end
   end
-  num(buf:put(family, "_count{", labels, "} "), total)
-  num(buf:put(family, "_sum{", labels, "} "), p[sum])
 end
+
+--- Two lines per row: fields ``a`` and ``b`` with the suffixes ``sa`` and ``sb``.
+local function pair(buf, fam, rows, a, sa, b, sb)
+  if #rows == 0 then
+    return
+  end
+  header(buf, fam)
+  local family = fam[1] .. "{"
+  for r = 1, #rows do
+    local labels, p = rows[r][1], rows[r][2]
+    num(buf:put(family, labels, sa), p[a])
+    num(buf:put(family, labels, sb), p[b])
+  end
+end
+
+--- A histogram of the buckets after ``first`` and the sum field ``sum``; rows without a sample
+--- have no series.
+local function histogram(buf, fam, rows, first, sum)
+  local fields = {}
+  for i = 1, NB + 1 do
+    fields[i] = first + i
+  end
+  if not any(rows, fields) then
+    return
+  end
+  header(buf, fam)
+  local bucket, count, total_ = fam[1] .. "_bucket{", fam[1] .. "_count{", fam[1] .. "_sum{"
+  for r = 1, #rows do
+    local labels, p = rows[r][1], rows[r][2]
+    local total = 0
+    for i = 1, NB + 1 do
+      total = total + p[first + i]
+    end
+    if total ~= 0 then
+      total = 0
+      for i = 1, NB + 1 do
+        total = total + p[first + i]
+        num(buf:put(bucket, labels, BOUNDS[i]), total)
+      end
+      num(buf:put(count, labels, "} "), total)
+      num(buf:put(total_, labels, "} "), p[sum])
+    end
+  end
+end
+
+local last_size = 1024 * 1024 -- the previous text's size: the next buffer starts that large
 
 --- The exposition of ``scopes`` (scope → record) and ``members`` ("<scope>\t<member>" → record);
 --- scopes of load balancers not in ``served`` (when given) are left out, and so are values that
 --- are no record of the expected size. ``connections`` (optional): state → number of nginx's
---- open client connections.
+--- open client connections. One buffer, family after family: no text is copied twice.
 function M.render(scopes, members, served, connections)
-  local out = {}
-  for _, fam in ipairs(FAMILIES) do
-    out[fam[1]] = buffer.new()
-  end
-  local requests, responses, bytes = out.clb_http_requests_total, out.clb_http_responses_total, out.clb_http_bytes_total
-  local totals = {} -- load balancer → {in, out}
+  local rows, mrows, totals, lbs = {}, {}, {}, {} -- rows: {label text, record}
   local size = (M.NFIELDS + 1) * 8
   for scope, record in pairs(scopes) do
     local found = #record == size and M.labels(scope)
     if found and (not served or served[found[1]]) then
-      local lb, labels, p = found[1], found[2], ffi.cast(RECORD, record)
-      nonzero(requests, "clb_http_requests_total{", labels, p, REQ)
-      nonzero(responses, "clb_http_responses_total{", labels, p, RESP)
-      if p[M.TIMEOUTS] ~= 0 then -- rare: no series until the first one
-        num(out.clb_http_response_timeouts_total:put("clb_http_response_timeouts_total{", labels, "} "), p[M.TIMEOUTS])
-      end
-      local bytes_in, bytes_out = p[M.BYTES_IN], p[M.BYTES_OUT]
-      num(bytes:put("clb_http_bytes_total{", labels, ',direction="in"} '), bytes_in)
-      num(bytes:put("clb_http_bytes_total{", labels, ',direction="out"} '), bytes_out)
-      num(out.clb_http_new_connections_total:put("clb_http_new_connections_total{", labels, "} "), p[M.NEW_CONNS])
-      histogram(out.clb_http_request_duration_seconds, "clb_http_request_duration_seconds", labels, p, M.RT_BUCKET, M.RT_SUM)
-      histogram(out.clb_http_upstream_response_seconds, "clb_http_upstream_response_seconds", labels, p, M.UT_BUCKET, M.UT_SUM)
+      local lb, p = found[1], ffi.cast(RECORD, record)
+      rows[#rows + 1] = { found[2], p, record } -- the record string keeps p's memory alive
       local t = totals[lb]
       if not t then
         t = { 0, 0 }
         totals[lb] = t
+        lbs[#lbs + 1] = lb
       end
-      t[1], t[2] = t[1] + bytes_in, t[2] + bytes_out
+      t[1], t[2] = t[1] + p[M.BYTES_IN], t[2] + p[M.BYTES_OUT]
     end
   end
   size = (M.MFIELDS + 1) * 8
@@ -207,40 +273,47 @@ function M.render(scopes, members, served, connections)
     local scope, member = key:match("^([^\t]*)\t(.*)$")
     local found = scope and #record == size and M.labels(scope)
     if found and (not served or served[found[1]]) then
-      local labels, p = found[2] .. ',target="' .. escape(member) .. '"', ffi.cast(RECORD, record)
-      nonzero(out.clb_http_backend_requests_total, "clb_http_backend_requests_total{", labels, p, MREQ)
-      local buf = out.clb_http_backend_response_seconds
+      mrows[#mrows + 1] = { found[2] .. ',target="' .. escape(member) .. '"', ffi.cast(RECORD, record), record }
+    end
+  end
+  local buf = buffer.new(last_size)
+  local F = FAMILIES
+  by_class(buf, F[1], rows, REQ)
+  by_class(buf, F[2], rows, RESP)
+  single(buf, F[3], rows, M.TIMEOUTS, "} ") -- rare: no series until the first one
+  pair(buf, F[4], rows, M.BYTES_IN, ',direction="in"} ', M.BYTES_OUT, ',direction="out"} ')
+  single(buf, F[5], rows, M.NEW_CONNS, "} ", true)
+  histogram(buf, F[6], rows, M.RT_BUCKET, M.RT_SUM)
+  histogram(buf, F[7], rows, M.UT_BUCKET, M.UT_SUM)
+  by_class(buf, F[8], mrows, MREQ)
+  if #mrows > 0 then
+    header(buf, F[9])
+    for r = 1, #mrows do
+      local labels, p = mrows[r][1], mrows[r][2]
       num(buf:put("clb_http_backend_response_seconds_count{", labels, "} "), p[M.M_UT_COUNT])
       num(buf:put("clb_http_backend_response_seconds_sum{", labels, "} "), p[M.M_UT_SUM])
-      buf = out.clb_http_backend_bytes_total
-      num(buf:put("clb_http_backend_bytes_total{", labels, ',direction="in"} '), p[M.M_BYTES_IN])
-      num(buf:put("clb_http_backend_bytes_total{", labels, ',direction="out"} '), p[M.M_BYTES_OUT])
     end
   end
-  local buf = out.clb_http_connections
-  for _, state in ipairs(CONNECTION_STATES) do
-    local n = connections and tonumber(connections[state])
-    if n then
-      num(buf:put('clb_http_connections{state="', state, '"} '), n)
+  pair(buf, F[10], mrows, M.M_BYTES_IN, ',direction="in"} ', M.M_BYTES_OUT, ',direction="out"} ')
+  if connections and next(connections) then
+    header(buf, F[11])
+    for _, state in ipairs(CONNECTION_STATES) do
+      local n = tonumber(connections[state])
+      if n then
+        num(buf:put('clb_http_connections{state="', state, '"} '), n)
+      end
     end
   end
-  buf = out.clb_instance_bytes_total
-  for lb, t in pairs(totals) do
-    local labels = 'load_balancer="' .. escape(lb) .. '",layer="l7",direction='
+  -- the instance bytes always end the text, even without samples: the agent appends its L4
+  -- samples of that family
+  header(buf, F[12])
+  for _, lb in ipairs(lbs) do
+    local t, labels = totals[lb], 'load_balancer="' .. escape(lb) .. '",layer="l7",direction='
     num(buf:put("clb_instance_bytes_total{", labels, '"in"} '), t[1])
     num(buf:put("clb_instance_bytes_total{", labels, '"out"} '), t[2])
   end
-  -- every family with samples; the last one (instance bytes) always, even empty: the agent
-  -- appends its L4 samples of that family to this text
-  local text = buffer.new()
-  for i, fam in ipairs(FAMILIES) do
-    local name = fam[1]
-    if #out[name] > 0 or i == #FAMILIES then
-      text:put("# HELP ", name, " ", fam[3], "\n# TYPE ", name, " ", fam[2], "\n")
-      text:put(out[name])
-    end
-  end
-  return text:tostring()
+  last_size = #buf + 4096
+  return buf:tostring()
 end
 
 return M
