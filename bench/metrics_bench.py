@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.dynamic_bench import COMMON, Bench, free_port, prefix_dirs, start  # noqa: E402
 from clbagent.agent.metrics import AgentMetrics  # noqa: E402
 from clbagent.l7 import compile_nginx, write_prefix  # noqa: E402
-from clbagent.nginx.metrics_channel import SCOPE_VAR, read_text  # noqa: E402
+from clbagent.nginx.metrics_channel import REQUEST_VAR, SCOPE_VAR, read_text  # noqa: E402
 from clbagent.nginx.process import Nginx  # noqa: E402
 from clbagent.nginx.upstreams_channel import (  # noqa: E402
     DATA_DIR,
@@ -54,6 +54,15 @@ FRONT, BACK = "127.0.64.1", "127.0.64.2"
 LOCATIONS = f"""\
         location /counted {{ set ${SCOPE_VAR} bench/lbl-bench/loc-bench/www.example.com; proxy_pass http://d0; }}
         location /plain {{ log_by_lua_block {{ require("clb.balancer").log() }} proxy_pass http://d0; }}
+        location /logcost {{ set ${SCOPE_VAR} bench/lbl-bench/loc-cost/www.example.com; content_by_lua_block {{
+            local log, n = require("clb.metrics").log, tonumber(ngx.var.arg_n)
+            local function nothing() end
+            local t0 = os.clock()
+            for _ = 1, n do nothing("{SCOPE_VAR}", "{REQUEST_VAR}") end
+            local t1 = os.clock()
+            for _ = 1, n do log("{SCOPE_VAR}", "{REQUEST_VAR}") end
+            ngx.say((os.clock() - t1 - (t1 - t0)) / n)
+        }} }}
 """
 
 
@@ -91,6 +100,15 @@ def request_path(work: Path, seconds: int, rounds: int) -> None:
                 f"throughput {label} (wrk -t1 -c32, {rounds} pairs of {seconds}s): not counted {p:,.0f}, "
                 f"counted {c:,.0f}; counted/not counted = {ratio:.1%} (median of pairs, goal >= 95%)"
             )
+        # the log phase alone, called in a loop inside nginx (CPU time: robust on a loaded host);
+        # without an upstream, so the member's counters are not updated
+        calls = [float(httpx.get(f"http://{FRONT}:{bench.port}/logcost?n=100000", timeout=60).text) for _ in range(5)]
+        per_request = 1 / statistics.median(x[0].per_cpu for x in pairs)
+        log_cost = statistics.median(calls)
+        print(
+            f"  the counting log phase alone: {log_cost * 1e6:.2f} us CPU per request (median of 5 loops of 100,000), "
+            f"{log_cost / per_request:.1%} of a not-counted request's worker CPU ({per_request * 1e6:.1f} us)"
+        )
         families = text_string_to_metric_families(read_text(bench.front / SOCKET).decode())
         counted = sum(x.value for f in families if f.name == "clb_http_requests" for x in f.samples)
         print(f"  requests counted by nginx: {counted:,.0f} (only the counted location's)")

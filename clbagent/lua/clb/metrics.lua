@@ -64,6 +64,21 @@ local function last(value)
   return value
 end
 
+--- The six fields of the request variable, split at "|" (plain searches: compiled code, where a
+--- pattern with captures would not be). The last one, $upstream_addr, holds no "|".
+local function split(v)
+  local a = v and find(v, "|", 1, true)
+  local b = a and find(v, "|", a + 1, true)
+  local c = b and find(v, "|", b + 1, true)
+  local d = c and find(v, "|", c + 1, true)
+  local e = d and find(v, "|", d + 1, true)
+  if not e then
+    return nil
+  end
+  return sub(v, 1, a - 1), sub(v, a + 1, b - 1), sub(v, b + 1, c - 1), sub(v, c + 1, d - 1), sub(v, d + 1, e - 1),
+    sub(v, e + 1)
+end
+
 local function key_of(name, prefix)
   local k = keys[name]
   if not k then
@@ -164,8 +179,7 @@ function M.log(scope_var, request_var)
     counts = zeros(NFIELDS)
     scopes[scope] = counts
   end
-  local conn_requests, request_length, bytes_sent, response_time, header_time, addr =
-    match(var[request_var] or "", "^(%d*)|(%d*)|(%d*)|([^|]*)|([^|]*)|(.*)$")
+  local conn_requests, request_length, bytes_sent, response_time, header_time, addr = split(var[request_var])
   local status = ngx.status
   local class = status >= 100 and status < 600 and (status - status % 100) / 100 or 4 -- 0: no response
   local backend = false
