@@ -122,7 +122,7 @@ class Agent:
             return EtcdFeed(config, self.engine.settings, log)
         return FileSource([config.documents], config.cert_dir, self.engine.settings)
 
-    def _l7_text(self) -> Callable[[], str] | None:
+    def _l7_text(self) -> Callable[[], bytes] | None:
         """What reads nginx's L7 metrics at scrape time; None when nginx runs without Lua."""
         if not self.engine.dynamic:
             return None
