@@ -44,6 +44,8 @@ class Entry:
     prober: Prober
     busy: bool = False
     gone: bool = False
+    started: float = 0.0
+    done: Callable[[bool | None, str], None] | None = None  # bound once: no closure per probe
 
 
 @dataclass
@@ -73,9 +75,9 @@ class Monitor:
     ):
         self.loop, self.store, self.on_change, self.observe = loop, store, on_change, observe
         stream = StreamProber(loop)
-        syn: Prober = SynProber(loop) if (raw_allowed() if raw is None else raw) else stream
+        self.syn = SynProber(loop) if (raw_allowed() if raw is None else raw) else None
         self.probers: dict[str, Prober] = {
-            "tcp": syn,
+            "tcp": self.syn or stream,
             "http": stream,
             "https": stream,
             "tcp-custom": stream,
@@ -103,6 +105,8 @@ class Monitor:
         """Probe exactly the checks of ``probes``: new ones start Unknown (or as persisted),
         gone ones stop; the state of a check that stays is untouched."""
         now = self.loop.time()
+        if self.syn is not None:
+            self.syn.forget_routes()  # VIPs and routes may have moved with the change
         for check, entry in list(self.entries.items()):
             if check not in probes.subjects:
                 entry.gone = True
@@ -117,6 +121,7 @@ class Monitor:
             entry = Entry(
                 check, probes.sources.get(check), subjects, Health.restored(self.saved.get(check.key)), prober
             )
+            entry.done = functools.partial(self._result, entry)
             self.entries[check] = entry
             if entry.health.state == DEAD:
                 self._dead.add(entry)
@@ -165,7 +170,8 @@ class Monitor:
             if entry.busy or self.in_flight >= self.max_in_flight:
                 self._push(now + RETRY, entry)  # still running, or out of descriptors: later
                 continue
-            if not entry.prober.probe(entry.check, entry.source, functools.partial(self._result, entry, now)):
+            entry.started = now
+            if not entry.prober.probe(entry.check, entry.source, entry.done):  # type: ignore[arg-type]
                 self._push(now + RETRY, entry)
                 continue
             started += 1
@@ -180,13 +186,13 @@ class Monitor:
         else:
             self._arm()
 
-    def _result(self, entry: Entry, started: float, ok: bool | None, error: str) -> None:
+    def _result(self, entry: Entry, ok: bool | None, error: str) -> None:
         entry.busy = False
         self.in_flight -= 1
         if ok is None or entry.gone:
             return  # the agent was too busy to judge: not a result
         if self.observe is not None:
-            self.observe(entry.check.kind, ok, self.loop.time() - started)
+            self.observe(entry.check.kind, ok, self.loop.time() - entry.started)
         old = entry.health.state
         new = entry.health.record(ok, error, entry.check.rise, entry.check.fall)
         if new is None:

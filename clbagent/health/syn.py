@@ -82,21 +82,19 @@ class SynProber:
         self._rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
         self._tx: dict[str | None, socket.socket] = {}
         self._routes: dict[str, bytes] = {}
-        self._bases: dict[tuple[bytes, bytes, int], int] = {}
+        self._targets: dict[tuple[str, int, str | None], tuple[bytes, int, socket.socket]] = {}
         self._pending: dict[tuple[bytes, int, int], tuple[Done, float]] = {}
         self._drain(keep=False)  # what arrived before the filter
         self._deadlines: list[tuple[float, tuple[bytes, int, int], float]] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def probe(self, check: Check, source: str | None, done: Done) -> bool:
-        dst = socket.inet_aton(check.address)
-        src = socket.inet_aton(source) if source else self._route(check.address)
+        target = self._targets.get((check.address, check.port, source))
+        if target is None:
+            target = self._target(check.address, check.port, source)
+        dst, base, sock = target
         seq = random.getrandbits(32)
-        base = self._bases.get((src, dst, check.port))
-        if base is None:
-            base = self._bases[(src, dst, check.port)] = syn_base(src, dst, self.port, check.port)
         try:
-            sock = self._tx.get(source) or self._sender(source)
             sock.sendto(syn_segment(base, self.port, check.port, seq), (check.address, 0))
         except (BlockingIOError, InterruptedError):
             return False  # the send queue is full: sent later, not failed
@@ -112,6 +110,14 @@ class SynProber:
         if self._timer is None:
             self._timer = self.loop.call_later(self.POLL, self._poll)
         return True
+
+    def _target(self, address: str, port: int, source: str | None) -> tuple[bytes, int, socket.socket]:
+        """What every probe of one target reuses: its address, its checksum base, the socket."""
+        dst = socket.inet_aton(address)
+        src = socket.inet_aton(source) if source else self._route(address)
+        sock = self._tx.get(source) or self._sender(source)
+        target = self._targets[(address, port, source)] = (dst, syn_base(src, dst, self.port, port), sock)
+        return target
 
     def _sender(self, source: str | None) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
@@ -170,7 +176,7 @@ class SynProber:
     def forget_routes(self) -> None:
         """Addresses moved: the kernel's choice of source may have changed."""
         self._routes.clear()
-        self._bases.clear()
+        self._targets.clear()
 
     def close(self) -> None:
         if self._timer is not None:
