@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -76,6 +77,7 @@ class AgentMetrics:
         self.probes = Counter(
             "clbagent_health_probes", "Health probes by kind and result (ok|failed)", ["kind", "result"], registry=r
         )
+        self._probe_children: dict[tuple[str, bool], tuple[Any, Any]] = {}
         self.probe_duration = Histogram(
             "clbagent_health_probe_duration_seconds",
             "Time of one health probe",
@@ -110,8 +112,14 @@ class AgentMetrics:
 
     def observe_probe(self, kind: str, ok: bool, seconds: float) -> None:
         """One health probe of `kind` (tcp, http, udp, ...) finished after `seconds`."""
-        self.probes.labels(kind, "ok" if ok else "failed").inc()
-        self.probe_duration.labels(kind).observe(seconds)
+        children = self._probe_children.get((kind, ok))
+        if children is None:  # labels() costs more than the probe itself: look each pair up once
+            children = self._probe_children[kind, ok] = (
+                self.probes.labels(kind, "ok" if ok else "failed"),
+                self.probe_duration.labels(kind),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_transition(self, load_balancer: str, listener: str, target: str, state: str) -> None:
         """A target (`ip:port`) of a listener entered `state` (Alive, Dead or Unknown)."""
