@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from clbagent.l4 import IpvsPlan
     from clbagent.l7 import NginxConfig
 
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_REFUSED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_REFUSED = 0, 1, 2, 3
 SHOWN_PATHS = 3  # paths shown for a repeated warning in text output
 
 
