@@ -17,7 +17,7 @@ local cjson = require("cjson.safe")
 local text = require("clb.metrics_text")
 
 local ngx = ngx
-local tonumber, pairs, byte, find, match, sub = tonumber, pairs, string.byte, string.find, string.match, string.sub
+local pairs, byte, find, match, sub = pairs, string.byte, string.find, string.match, string.sub
 
 local M = {}
 
@@ -64,19 +64,44 @@ local function last(value)
   return value
 end
 
---- The six fields of the request variable, split at "|" (plain searches: compiled code, where a
---- pattern with captures would not be). The last one, $upstream_addr, holds no "|".
-local function split(v)
+--- The decimal number that ends v[i..j], after its last space: the last try of "4.000, 0.003" or
+--- "0.003 : 0.001"; nil for "-" or nothing. Read byte by byte: no string is made per request.
+local function tail_number(v, i, j)
+  local s = j
+  while s >= i and byte(v, s) ~= 32 do
+    s = s - 1
+  end
+  local n, scale, seen = 0, nil, false
+  for k = s + 1, j do
+    local c = byte(v, k)
+    if c >= 48 and c <= 57 then
+      n, seen = n * 10 + (c - 48), true
+      if scale then
+        scale = scale * 10
+      end
+    elseif c == 46 and not scale then
+      scale = 1
+    else
+      return nil
+    end
+  end
+  if not seen then
+    return nil
+  end
+  return scale and n / scale or n
+end
+
+--- Where the request variable's six fields end: the positions of its five "|" (plain searches,
+--- compiled code). Its last field, $upstream_addr, holds no "|".
+local function bars(v)
   local a = v and find(v, "|", 1, true)
   local b = a and find(v, "|", a + 1, true)
   local c = b and find(v, "|", b + 1, true)
   local d = c and find(v, "|", c + 1, true)
   local e = d and find(v, "|", d + 1, true)
-  if not e then
-    return nil
+  if e then
+    return a, b, c, d, e
   end
-  return sub(v, 1, a - 1), sub(v, a + 1, b - 1), sub(v, b + 1, c - 1), sub(v, c + 1, d - 1), sub(v, d + 1, e - 1),
-    sub(v, e + 1)
 end
 
 local function key_of(name, prefix)
@@ -179,14 +204,15 @@ function M.log(scope_var, request_var)
     counts = zeros(NFIELDS)
     scopes[scope] = counts
   end
-  local conn_requests, request_length, bytes_sent, response_time, header_time, addr = split(var[request_var])
+  local v = var[request_var]
+  local a, b, c, d, e = bars(v)
+  if not e then -- no such variable: count the request and its time only
+    v, a, b, c, d, e = "|||||", 1, 2, 3, 4, 5
+  end
   local status = ngx.status
   local class = status >= 100 and status < 600 and (status - status % 100) / 100 or 4 -- 0: no response
-  local backend = false
-  if header_time and header_time ~= "" then
-    header_time = last(header_time)
-    backend = header_time ~= "-" and header_time ~= ""
-  end
+  -- the backend answered when the last try's $upstream_header_time is a time, not "-"
+  local backend = e > d + 1 and byte(v, e - 1) ~= 45
   local src = backend and REQ_B or REQ_L
   counts[src + class] = counts[src + class] + 1
   if status == 404 then
@@ -202,24 +228,25 @@ function M.log(scope_var, request_var)
       counts[TIMEOUTS] = counts[TIMEOUTS] + 1
     end
   end
-  local bytes_in, bytes_out = tonumber(request_length) or 0, tonumber(bytes_sent) or 0
+  local bytes_in, bytes_out = tail_number(v, a + 1, b - 1) or 0, tail_number(v, b + 1, c - 1) or 0
   counts[BYTES_IN] = counts[BYTES_IN] + bytes_in
   counts[BYTES_OUT] = counts[BYTES_OUT] + bytes_out
-  if conn_requests == "1" then
+  if a == 2 and byte(v, 1) == 49 then -- $connection_requests is 1
     counts[NEW_CONNS] = counts[NEW_CONNS] + 1
   end
   local rt = ngx.now() - ngx.req.start_time() -- $request_time, without reading a variable
   counts[RT_SUM] = counts[RT_SUM] + rt
-  local b = RT_BUCKET + bucket(rt)
-  counts[b] = counts[b] + 1
+  local i = RT_BUCKET + bucket(rt)
+  counts[i] = counts[i] + 1
 
-  local ut = response_time and response_time ~= "" and tonumber(last(response_time))
+  local ut = tail_number(v, c + 1, d - 1)
+  local addr
   if ut then
     counts[UT_SUM] = counts[UT_SUM] + ut
     counts[UT_COUNT] = counts[UT_COUNT] + 1
-    b = UT_BUCKET + bucket(ut)
-    counts[b] = counts[b] + 1
-    addr = last(addr)
+    i = UT_BUCKET + bucket(ut)
+    counts[i] = counts[i] + 1
+    addr = last(sub(v, e + 1))
     -- a member is an address of the configuration ("ip:port", "[v6]:port"), never an upstream name
     local first = byte(addr, 1)
     if first and (first == 91 or (first >= 48 and first <= 57)) then
