@@ -12,7 +12,7 @@
 # costs about ten seconds of Python imports in the VM. The role is the same either way.
 #
 # Each step is time-bounded (the boot by scripts/sysvm.sh, the playbook by CLB_DEPLOY_PLAY_TIMEOUT,
-# 900 s, the tests by CLB_DEPLOY_TEST_TIMEOUT, 1200 s). CLB_DEPLOY_KEEP=1 leaves the VM running.
+# 900 s, the tests by CLB_DEPLOY_TEST_TIMEOUT, 2400 s). CLB_DEPLOY_KEEP=1 leaves the VM running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -89,7 +89,7 @@ timeout "${CLB_DEPLOY_PLAY_TIMEOUT:-900}" ansible-playbook -i "$run/inventory.in
 
 phase "verifying with testinfra"
 set +e
-CLB_DEPLOY_RUN=$run timeout "${CLB_DEPLOY_TEST_TIMEOUT:-1200}" .venv/bin/python -m pytest -q -p no:cacheprovider -rfE \
+CLB_DEPLOY_RUN=$run timeout "${CLB_DEPLOY_TEST_TIMEOUT:-2400}" .venv/bin/python -m pytest -q -p no:cacheprovider -rfE \
   --tb=short --durations=0 --durations-min=1 tests/deploy "$@"
 rc=$?
 set -e
