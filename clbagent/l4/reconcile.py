@@ -107,7 +107,7 @@ class Reconciler:
 
     def _incremental(self, plan: IpvsPlan, owned: frozenset[str]) -> tuple[IpvsPlan, dict[ServiceKey, KernelService]]:
         """The part of the plan that changed since the last good pass and the view of the same
-        services (those being drained read again from the kernel)."""
+        services (those losing a destination read again from the kernel)."""
         assert self.view is not None
         view = self.view
         new_vips = owned - self.viewed_vips
