@@ -91,6 +91,10 @@ def _stop_nginx(base: Path) -> None:
         time.sleep(0.5)
 
 
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def _apply_in_process(config: Path) -> str:
     """One agent start and apply in this process (the VM imports the agent once: every new Python
     process costs many seconds under software emulation)."""
@@ -142,7 +146,8 @@ def test_run_restores_a_service_deleted_by_hand(topology: None) -> None:
     agent = None
     try:
         _document(base, (10, 10))
-        agent = subprocess.Popen([*CLBAGENT, "run", "--config", str(config)], stderr=subprocess.DEVNULL)
+        events = (base / "agent.log").open("wb")  # the agent's JSON events, shown when a check fails
+        agent = subprocess.Popen([*CLBAGENT, "run", "--config", str(config)], stderr=events)
         deadline = time.monotonic() + 600  # a new Python process starts slowly in the VM
         while not ipvsadm_rules((VIP,)) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -151,7 +156,7 @@ def test_run_restores_a_service_deleted_by_hand(topology: None) -> None:
         deadline = time.monotonic() + 20
         while not ipvsadm_rules((VIP,)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert ipvsadm_rules((VIP,)), "the resync did not restore the service"
+        assert ipvsadm_rules((VIP,)), f"the resync did not restore the service: {_tail(base / 'agent.log')}"
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(120) == 0
         assert ipvsadm_rules((VIP,)), "stopping the agent touched IPVS"
