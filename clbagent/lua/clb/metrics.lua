@@ -17,7 +17,7 @@ local cjson = require("cjson.safe")
 local text = require("clb.metrics_text")
 
 local ngx = ngx
-local pairs, byte, find, match, sub = pairs, string.byte, string.find, string.match, string.sub
+local tonumber, pairs, byte, find, match, sub = tonumber, pairs, string.byte, string.find, string.match, string.sub
 
 local M = {}
 
@@ -64,31 +64,10 @@ local function last(value)
   return value
 end
 
---- The decimal number that ends v[i..j], after its last space: the last try of "4.000, 0.003" or
---- "0.003 : 0.001"; nil for "-" or nothing. Read byte by byte: no string is made per request.
-local function tail_number(v, i, j)
-  local s = j
-  while s >= i and byte(v, s) ~= 32 do
-    s = s - 1
-  end
-  local n, scale, seen = 0, nil, false
-  for k = s + 1, j do
-    local c = byte(v, k)
-    if c >= 48 and c <= 57 then
-      n, seen = n * 10 + (c - 48), true
-      if scale then
-        scale = scale * 10
-      end
-    elseif c == 46 and not scale then
-      scale = 1
-    else
-      return nil
-    end
-  end
-  if not seen then
-    return nil
-  end
-  return scale and n / scale or n
+--- The number of v[i..j], of its last try when it has several ("4.000, 0.003"); nil for "-" or
+--- nothing. No loop: a loop in the log phase would keep LuaJIT from compiling it.
+local function number(v, i, j)
+  return tonumber(last(sub(v, i, j)))
 end
 
 --- Where the request variable's six fields end: the positions of its five "|" (plain searches,
@@ -228,7 +207,7 @@ function M.log(scope_var, request_var)
       counts[TIMEOUTS] = counts[TIMEOUTS] + 1
     end
   end
-  local bytes_in, bytes_out = tail_number(v, a + 1, b - 1) or 0, tail_number(v, b + 1, c - 1) or 0
+  local bytes_in, bytes_out = number(v, a + 1, b - 1) or 0, number(v, b + 1, c - 1) or 0
   counts[BYTES_IN] = counts[BYTES_IN] + bytes_in
   counts[BYTES_OUT] = counts[BYTES_OUT] + bytes_out
   if a == 2 and byte(v, 1) == 49 then -- $connection_requests is 1
@@ -239,7 +218,7 @@ function M.log(scope_var, request_var)
   local i = RT_BUCKET + bucket(rt)
   counts[i] = counts[i] + 1
 
-  local ut = tail_number(v, c + 1, d - 1)
+  local ut = number(v, c + 1, d - 1)
   local addr
   if ut then
     counts[UT_SUM] = counts[UT_SUM] + ut
