@@ -5,7 +5,9 @@ scrape costs at 1,000 load balancers.
    (its scope set, the log phase counts: what the compiler writes), one not counted (no scope,
    a location-level log phase that only gives the balancer's connection back: what nginx would
    run without metrics). wrk on each in alternating pairs; requests per second and per CPU
-   second of the worker; the median of the per-pair ratios.
+   second of the worker; the median of the per-pair ratios. Then the log phase alone, called in
+   a loop inside the same nginx after that traffic (so LuaJIT compiled it as the requests ran),
+   against the CPU of one not-counted request.
 2. Scrape: 1,000 load balancers (two rules each, one target) compiled as the agent does, served
    by nginx; each rule and each domain's 404 receives a request; then the agent's metrics
    endpoint is scraped: series count and time, against a scrape of the agent's own families only
