@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,14 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _wait(condition: Callable[[], bool], seconds: float, log: Path) -> None:
+    """Poll ``condition``; on timeout fail with the tail of the agent's events."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s; the agent's last events:\n{_tail(log)}"
+        time.sleep(0.2)
+
+
 def _apply_in_process(config: Path) -> str:
     """One agent start and apply in this process (the VM imports the agent once: every new Python
     process costs many seconds under software emulation)."""
@@ -144,19 +153,17 @@ def test_apply_programs_vip_and_ipvs_and_a_killed_agent_flushes_nothing(topology
 def test_run_restores_a_service_deleted_by_hand(topology: None) -> None:
     base, config = _layout()
     agent = None
+    log = base / "agent.log"
     try:
         _document(base, (10, 10))
-        events = (base / "agent.log").open("wb")  # the agent's JSON events, shown when a check fails
-        agent = subprocess.Popen([*CLBAGENT, "run", "--config", str(config)], stderr=events)
-        deadline = time.monotonic() + 600  # a new Python process starts slowly in the VM
-        while not ipvsadm_rules((VIP,)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with log.open("wb") as events:  # the agent's JSON events, shown when a check fails
+            agent = subprocess.Popen([*CLBAGENT, "run", "--config", str(config)], stderr=events)
+        # Under software emulation a new agent takes a minute or more to start and finish its first
+        # apply; the repair is only due once it is ready (resync every 2 s after that).
+        _wait(lambda: '"event": "ready"' in log.read_text(errors="replace"), 600, log)
         assert ipvsadm_rules((VIP,))
         sh(f"ipvsadm -D -t {VIP}:90")
-        deadline = time.monotonic() + 20
-        while not ipvsadm_rules((VIP,)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ipvsadm_rules((VIP,)), f"the resync did not restore the service: {_tail(base / 'agent.log')}"
+        _wait(lambda: bool(ipvsadm_rules((VIP,))), 180, log)
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(120) == 0
         assert ipvsadm_rules((VIP,)), "stopping the agent touched IPVS"
