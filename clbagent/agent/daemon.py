@@ -151,7 +151,10 @@ class Agent:
                 await asyncio.sleep(min(self.config.wait_min - quiet, self.config.wait_max - waited))
             self._dirty.clear()
             reasons, self._reasons = self._reasons, set()
-            await self._apply(",".join(sorted(reasons)))
+            try:
+                await self._apply(",".join(sorted(reasons)))
+            except Exception as exc:  # bookkeeping after an apply (metrics, probes, etcd status) must not stop the loop
+                log("apply_error", reason=",".join(sorted(reasons)), error=f"{type(exc).__name__}: {exc}")
 
     async def _apply(self, reason: str) -> ApplyReport | None:
         start = time.perf_counter()
