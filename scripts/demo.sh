@@ -16,7 +16,7 @@ cat >"$work/agent.yaml" <<YAML
 documents: $work/documents
 state_dir: $work/state
 status_socket: $work/status.sock
-metrics_address: ""
+metrics_address: 127.0.0.1:19489
 wait_min: 0.1
 wait_max: 1
 YAML
@@ -71,5 +71,7 @@ sed -i 's/Weight: 10}/Weight: 500}/' "$work/documents/blog.yaml"
 sleep 1.5
 request blog.example.org http://127.0.10.2:8080/
 "$clb" status --config "$work/agent.yaml"
+echo "== Prometheus metrics of the agent (http://127.0.0.1:19489/metrics), requests per rule so far"
+curl -sS --max-time 5 http://127.0.0.1:19489/metrics | grep '^clb_http_requests_total' | cut -c1-160 || true
 echo "== agent log (structured events)"
 cut -c1-200 "$work/agent.log"
