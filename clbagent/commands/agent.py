@@ -20,7 +20,7 @@ def _config_path(value: Path | None) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
-def _load_config(args: Any, command: str):
+def load_config(args: Any, command: str):
     """The agent config, with its validation settings file checked too; None after an error."""
     from clbagent.agent.config import AgentConfig, ConfigError
     from clbagent.settings import Settings, SettingsError
@@ -93,7 +93,7 @@ def run_config(args: Any) -> int:
     if args.defaults:
         sys.stdout.write(AgentConfig().to_yaml())
         return EXIT_OK
-    config = _load_config(args, "config")
+    config = load_config(args, "config")
     if config is None:
         return EXIT_INVALID
     sys.stdout.write(config.to_yaml())
@@ -106,7 +106,7 @@ def run_apply(args: Any) -> int:
     from clbagent.agent.store import AgentLockedError
     from clbagent.nginx.controller import NginxError
 
-    config = _load_config(args, "apply")
+    config = load_config(args, "apply")
     if config is None:
         return EXIT_INVALID
     if config.source == "etcd" and not args.paths:
@@ -177,7 +177,7 @@ def _report_dict(report: Any) -> dict[str, Any]:
 def run_daemon(args: Any) -> int:
     from clbagent.agent.daemon import run_agent
 
-    if _load_config(args, "run") is None:
+    if load_config(args, "run") is None:
         return EXIT_INVALID
     return run_agent(_config_path(args.config))
 
@@ -189,7 +189,7 @@ def ask_agent(args: Any, command: str, what: str) -> dict[str, Any] | int:
 
     socket_path = args.socket
     if socket_path is None:
-        config = _load_config(args, command)
+        config = load_config(args, command)
         if config is None:
             return EXIT_INVALID
         socket_path = config.status_socket

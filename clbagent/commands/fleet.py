@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clbagent.commands import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, EXIT_REFUSED
-from clbagent.commands.agent import CONFIG_HELP, _load_config
+from clbagent.commands.agent import CONFIG_HELP, load_config
 
 
 def add_parser(sub: Any) -> None:
@@ -38,7 +38,7 @@ def run_status(args: Any) -> int:
     from clbagent.agent.etcd.client import ERRORS
     from clbagent.settings import Settings
 
-    config = _load_config(args, "fleet status")
+    config = load_config(args, "fleet status")
     if config is None:
         return EXIT_INVALID
     try:
