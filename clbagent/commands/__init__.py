@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,15 @@ def summarise(issues: list[Issue], shown: int = SHOWN_PATHS) -> list[str]:
         more = f" and {len(same) - shown} more" if len(same) > shown else ""
         out.append(f"warning: {first.code}: {paths}{more} ({len(same)} times): {first.message}")
     return out
+
+
+def print_report(report: Any, as_json: bool, as_text: Callable[[Any], str]) -> None:
+    """A report of the running agent (status, health, fleet): sorted JSON, or ``as_text`` of it."""
+    if as_json:
+        json.dump(report, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(as_text(report))
 
 
 def print_issues(issues: list[Issue], as_json: bool) -> None:

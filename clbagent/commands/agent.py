@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clbagent.commands import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, EXIT_REFUSED, print_issues
+from clbagent.commands import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, EXIT_REFUSED, print_issues, print_report
 
 CONFIG_HELP = "agent config YAML (default: /etc/clbagent/agent.yaml if it exists, else every default)"
 
@@ -206,22 +206,14 @@ def run_status(args: Any) -> int:
         return status
     if args.upstreams:
         report = status["upstreams"]
-        if args.json:
-            json.dump(report, sys.stdout, indent=2, sort_keys=True)
-            sys.stdout.write("\n")
-        else:
-            sys.stdout.write(format_upstreams(report))
+        print_report(report, args.json, format_upstreams)
         differ = (
             report.get("error")
             or report.get("unexpected")
             or any(not u["in_sync"] for lb in report["load_balancers"].values() for u in lb.values())
         )
         return EXIT_REFUSED if differ else EXIT_OK
-    if args.json:
-        json.dump(status, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(format_status(status))
+    print_report(status, args.json, format_status)
     return EXIT_OK
 
 

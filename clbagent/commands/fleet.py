@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clbagent.commands import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, EXIT_REFUSED
+from clbagent.commands import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, EXIT_REFUSED, print_report
 from clbagent.commands.agent import CONFIG_HELP, load_config
 
 
@@ -47,11 +47,7 @@ def run_status(args: Any) -> int:
         endpoints = ", ".join(config.etcd_endpoints)
         print(f"clbagent fleet status: cannot read etcd ({endpoints}): {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    if args.json:
-        json.dump(view, sys.stdout, indent=2, sort_keys=True, default=str)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(render(view))
+    print_report(view, args.json, render)
     return EXIT_OK if view["ok"] else EXIT_REFUSED
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from clbagent.commands import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED
+from clbagent.commands import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, print_report
 from clbagent.commands.agent import CONFIG_HELP, ask_agent
 
 
@@ -35,9 +34,5 @@ def run_health(args: Any) -> int:
         print("clbagent health: the running agent does not report health", file=sys.stderr)
         return EXIT_FAILURE
     report = answer["health"]
-    if args.json:
-        json.dump(report, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(format_text(report))
+    print_report(report, args.json, format_text)
     return EXIT_REFUSED if report["Summary"]["Dead"] else EXIT_OK
