@@ -56,8 +56,13 @@ class L7Metrics:
         self.l4_totals = l4_totals
 
     def text(self) -> bytes:
-        """The L7 and instance families; nginx's bytes are passed on unread (~10 MB at 1,000 load
-        balancers: decoding or parsing them would cost more than writing them)."""
+        """The L7 and instance families as one string (see ``parts``)."""
+        return b"".join(self.parts())
+
+    def parts(self) -> list[bytes]:
+        """The L7 and instance families, in pieces to be sent one after the other: nginx's bytes
+        are passed on as they came (~10 MB at 1,000 load balancers: decoding, parsing or even
+        copying them into one string would cost a good part of the scrape)."""
         out = [
             _gauge(
                 "clb_http_metrics_available",
@@ -82,5 +87,5 @@ class L7Metrics:
         head = "".join(out).encode()
         tail = (l4_bytes + packets).encode()
         if nginx is None:
-            return head + (INSTANCE_BYTES.encode() if l4_bytes else b"") + tail
-        return b"".join((head, nginx, tail))
+            return [head + (INSTANCE_BYTES.encode() if l4_bytes else b"") + tail]
+        return [head, nginx, tail]

@@ -149,9 +149,13 @@ class AgentMetrics:
         self.l7 = L7Metrics(read, lambda: self.l4_totals() if self.l4_totals else {})
 
     def exposition(self) -> bytes:
-        """One scrape: the registry's families, then the L7 text (written directly: see l7_metrics)."""
+        """One scrape as one string (see ``exposition_parts``)."""
+        return b"".join(self.exposition_parts())
+
+    def exposition_parts(self) -> list[bytes]:
+        """One scrape: the registry's families, then the L7 text in pieces (see l7_metrics)."""
         text = generate_latest(self.registry)
-        return b"".join((text, self.l7.text())) if self.l7 else text
+        return [text, *self.l7.parts()] if self.l7 else [text]
 
     def serve(self, host: str, port: int) -> None:
         """``GET /metrics`` on ``host:port`` from a daemon thread."""
@@ -162,12 +166,13 @@ class AgentMetrics:
                 if self.path.split("?")[0] not in ("/", "/metrics"):
                     self.send_error(404)
                     return
-                body = metrics.exposition()
+                parts = metrics.exposition_parts()
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(sum(map(len, parts))))
                 self.end_headers()
-                self.wfile.write(body)
+                for part in parts:  # not joined: nginx's ~10 MB go out as they came
+                    self.wfile.write(part)
 
             def log_message(self, *args: object) -> None:  # scrapes are not events
                 pass

