@@ -1,14 +1,20 @@
-"""Dynamic upstreams benchmark (not a test): the Lua balancer against nginx's static ``upstream``
-in one run, on the same nginx, the same backends and the same configuration otherwise.
+"""Dynamic upstreams benchmark (not a test): the Lua balancer against nginx's static ``upstream``.
 
-1. Throughput: wrk against a location proxying to a static upstream and one proxying to the
-   dynamic (Lua) upstream of the same members, in pairs of rounds; requests per second and per
-   CPU second of the (single) nginx worker, and the median of the per-pair ratios.
+1. Throughput on the path a user runs: one load balancer (an HTTP listener, one rule, three
+   targets of weight 10) compiled by clbagent in static mode and in dynamic mode, each prefix
+   served by its own nginx with the same settings (one worker pinned to CPU 0, backends and wrk on
+   CPU 1), wrk against each in interleaved rounds (the order rotates). Variants: ``static``;
+   ``dynamic`` as compiled (Lua balancer, L7 metrics counted in the log phase); ``dynamic-nometrics``
+   (the same prefix with the metrics lines taken out: the balancer's own cost). Per round: req/s
+   and requests per CPU second of the worker, and each variant's ratio to static of the same round;
+   the median and the spread of the ratios. Keep-alive: the TCP connections the backends accepted
+   during each run (their stub_status).
 2. Change to traffic: time from sending a member change to the first request answered by the new
    member — over the control channel (dynamic), and by rewriting the configuration and reloading
    (static) — with 1 and with 1,000 upstreams in the configuration.
 
-Run:  .venv/bin/python bench/dynamic_bench.py [--seconds 2] [--rounds 8] [--sizes 1,1000] [--repeats 20]
+Run:  nice -n 10 .venv/bin/python bench/dynamic_bench.py [--seconds 2] [--rounds 9] [--sizes 1,1000] [--repeats 20]
+Hold /tmp/clb-locks/bench_wrk while it runs on a shared host.
 Goals: dynamic throughput ≥ 90% of static; dynamic change ≤ 100 ms.
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import re
 import shutil
 import socket
@@ -32,6 +39,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from clbagent.l7 import compile_nginx, write_prefix  # noqa: E402
+from clbagent.l7.compile import lua_text  # noqa: E402
+from clbagent.nginx.metrics_channel import SCOPE_VAR  # noqa: E402
 from clbagent.nginx.process import Nginx, check_config  # noqa: E402
 from clbagent.nginx.upstreams_channel import (  # noqa: E402
     DATA_DIR,
@@ -44,9 +54,12 @@ from clbagent.nginx.upstreams_channel import (  # noqa: E402
     render_data_file,
     upstream_block,
 )
+from clbagent.validate import validate_documents  # noqa: E402
 
-FRONT, BACK = "127.0.40.1", "127.0.43.{}"
+FRONT, BACK = "127.0.40.{}", "127.0.43.{}"
 BACKENDS = 4
+FRONT_CPU, OTHER_CPU = 0, 1  # the measured nginx worker alone on one core; wrk and backends on the other
+VARIANTS = ("static", "dynamic", "dynamic-nometrics")
 
 COMMON = """\
 worker_processes 1;
@@ -93,8 +106,9 @@ def prefix_dirs(prefix: Path) -> None:
     (prefix / "run").mkdir(mode=0o700, exist_ok=True)
 
 
-def start(prefix: Path, conf: str) -> Nginx:
-    (prefix / "nginx.conf").write_text(conf)
+def start(prefix: Path, conf: str | None = None) -> Nginx:
+    if conf is not None:
+        (prefix / "nginx.conf").write_text(conf)
     result = check_config(prefix)
     assert result.ok, result.output
     n = Nginx(prefix)
@@ -102,18 +116,163 @@ def start(prefix: Path, conf: str) -> Nginx:
     return n
 
 
+class Backends:
+    """One nginx with a server per backend address answering its own name, on the wrk core, and a
+    ``stub_status`` that counts the TCP connections it accepted (few with upstream keep-alive)."""
+
+    def __init__(self, work: Path):
+        self.ports = [free_port(BACK.format(i + 1)) for i in range(BACKENDS)]
+        self.status_port = free_port(BACK.format(9))
+        prefix = work / "back"
+        prefix_dirs(prefix)
+        servers = "".join(
+            f'    server {{ listen {BACK.format(i + 1)}:{p}; location / {{ return 200 "b{i}\\n"; }} }}\n'
+            for i, p in enumerate(self.ports)
+        )
+        servers += f"    server {{ listen {BACK.format(9)}:{self.status_port}; location / {{ stub_status; }} }}\n"
+        conf = COMMON.format(body=servers).replace(
+            "worker_processes 1;", f"worker_processes 1;\nworker_cpu_affinity {affinity(OTHER_CPU)};"
+        )
+        self.nginx = start(prefix, conf)
+
+    def accepted(self) -> int:
+        """TCP connections accepted so far (the status request itself adds one)."""
+        conn = http.client.HTTPConnection(BACK.format(9), self.status_port, timeout=10)
+        conn.request("GET", "/")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        return int(text.splitlines()[2].split()[0])
+
+    def close(self) -> None:
+        self.nginx.stop()
+
+
+def affinity(cpu: int) -> str:
+    """nginx's worker_cpu_affinity mask of one CPU."""
+    return "1" + "0" * cpu
+
+
+def document(vip: str, port: int, backends: Backends) -> dict:
+    targets = [{"EniIp": BACK.format(i + 1), "Port": backends.ports[i], "Weight": 10} for i in range(3)]
+    rule = {
+        "LocationId": "loc-root",
+        "Domain": "www.example.com",
+        "Url": "/",
+        "DefaultServer": True,
+        "Targets": targets,
+    }
+    listener = {"ListenerId": "lbl-http", "Protocol": "HTTP", "Port": port, "Rules": [rule]}
+    return {"LoadBalancerId": "lb-bench", "LoadBalancerVips": [vip], "Listeners": [listener]}
+
+
 @dataclass(frozen=True)
 class Run:
-    """One wrk run: requests per wall-clock second, and per CPU second of the nginx worker (the
-    steadier figure on a shared host: other load steals wall time, not the worker's CPU time)."""
+    """One wrk run: requests per wall-clock second, per CPU second of the nginx worker (the
+    steadier figure on a shared host: other load steals wall time, not the worker's CPU time), and
+    the TCP connections the backends accepted meanwhile."""
 
     rate: float
     per_cpu: float
+    backend_connections: int
+
+
+class Front:
+    """One load balancer document compiled in one mode and served by its own nginx (one worker on
+    ``FRONT_CPU``). ``dynamic-nometrics`` is the dynamic prefix without the L7 metrics: the
+    http-level Lua without the counting, and no scope variable set in the servers and locations."""
+
+    def __init__(self, work: Path, variant: str, vip: str, port: int, backends: Backends):
+        self.variant, self.url, self.backends = variant, f"http://{vip}:{port}/", backends
+        self.prefix = work / variant
+        dynamic = variant != "static"
+        state = validate_documents([("lb-bench.yaml", document(vip, port, backends))])
+        cfg = compile_nginx(state, prefix=str(self.prefix), dynamic=dynamic)
+        conf = cfg.files["nginx.conf"].replace(
+            "worker_processes auto;", f"worker_processes 1;\nworker_cpu_affinity {affinity(FRONT_CPU)};"
+        )
+        assert conf != cfg.files["nginx.conf"], "nginx.conf no longer says worker_processes auto"
+        if variant == "dynamic-nometrics":
+            conf = without_metrics(conf, cfg.files, str(self.prefix))
+        cfg.files["nginx.conf"] = conf
+        write_prefix(cfg, self.prefix)
+        self.nginx = start(self.prefix)
+
+    def worker_cpu(self) -> float:
+        (pid,) = self.nginx.workers()
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+
+    def wrk(self, seconds: int) -> Run:
+        cpu, accepted = self.worker_cpu(), self.backends.accepted()
+        out = subprocess.run(
+            ["taskset", "-c", str(OTHER_CPU), "wrk", "-t1", "-c32", f"-d{seconds}s", self.url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+        assert errors is None, out
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        return Run(rate, requests / (self.worker_cpu() - cpu), self.backends.accepted() - accepted - 1)
+
+    def close(self) -> None:
+        self.nginx.stop()
+
+
+def without_metrics(conf: str, files: dict[str, str], prefix: str) -> str:
+    """The compiled nginx.conf with the http-level Lua of ``count=False`` (the balancer's phases
+    only), and every include file without its scope variable."""
+    size = re.search(r"lua_shared_dict clb_upstreams (\S+);", conf).group(1)
+    counted = lua_text(prefix, prefix, {}).http.replace("clb_upstreams 4m;", f"clb_upstreams {size};")
+    assert counted in conf, "the compiled http-level Lua changed: update the benchmark"
+    bare = http_directives(Path(prefix) / DATA_DIR, size, count=False)
+    for path in [p for p in files if p.startswith("conf.d/")]:
+        files[path] = re.sub(rf"\n *set \${SCOPE_VAR} [^\n]*;", "", files[path])
+    return conf.replace(counted, bare)
+
+
+def throughput(work: Path, seconds: int, rounds: int) -> None:
+    """Rounds of one run per variant, the order rotating, so that the load of a shared host hits
+    all alike; every variant's ratio to static is taken within its round."""
+    backends = Backends(work)
+    port = free_port(FRONT.format(1))
+    fronts: dict[str, Front] = {}
+    try:
+        for i, v in enumerate(VARIANTS):
+            fronts[v] = Front(work, v, FRONT.format(i + 1), port, backends)
+        for front in fronts.values():
+            front.wrk(1)  # warm-up: LuaJIT traces, keep-alive pools
+        runs: dict[str, list[Run]] = {v: [] for v in VARIANTS}
+        orders = itertools.cycle(itertools.permutations(VARIANTS))
+        for _ in range(rounds):
+            for v in next(orders):
+                runs[v].append(fronts[v].wrk(seconds))
+    finally:
+        for front in fronts.values():
+            front.close()
+        backends.close()
+    print(f"throughput: wrk -t1 -c32, {rounds} rounds of {seconds} s per variant; nginx worker on CPU {FRONT_CPU}")
+    for v in VARIANTS:
+        rates = ", ".join(f"{r.rate:,.0f}" for r in runs[v])
+        conns = sorted(r.backend_connections for r in runs[v])
+        print(f"  {v:18} req/s: {rates}; backend TCP connections per run: {conns[0]}-{conns[-1]}")
+    for label, key in (("per wall-clock second", "rate"), ("per CPU second of the worker", "per_cpu")):
+        print(f"  {label}: static median {statistics.median(getattr(r, key) for r in runs['static']):,.0f}")
+        for v in VARIANTS[1:]:
+            ratios = sorted(getattr(d, key) / getattr(s, key) for s, d in zip(runs["static"], runs[v], strict=True))
+            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            print(
+                f"    {v:18} median {statistics.median(getattr(r, key) for r in runs[v]):,.0f}; "
+                f"{v}/static = {statistics.median(ratios):.1%} median of {len(ratios)} rounds "
+                f"(quartiles {q1:.1%}-{q3:.1%}, range {ratios[0]:.1%}-{ratios[-1]:.1%}; goal >= 90%)"
+            )
 
 
 class Bench:
     """A backend nginx (four servers answering their own name) and a front nginx with ``size``
-    static and ``size`` dynamic upstreams over the first ``members`` backends."""
+    static and ``size`` dynamic upstreams over the first ``members`` backends, for the time from a
+    change to traffic."""
 
     def __init__(self, work: Path, size: int):
         self.work, self.size = work, size
@@ -127,7 +286,7 @@ class Bench:
         self.back = start(back, COMMON.format(body=servers))
         self.front = work / "front"
         prefix_dirs(self.front)
-        self.port = free_port(FRONT)
+        self.port = free_port(FRONT.format(1))
         self.nginx = self._start_front([0, 1, 2])
         self.channel = UpstreamsChannel.of_prefix(self.front)
 
@@ -141,7 +300,7 @@ class Bench:
         servers = " ".join(f"server {e} weight=10;" for e in self.endpoints(which))
         body = FRONT_BODY.format(
             http=http_directives(self.front / DATA_DIR, "32m"),
-            front=FRONT,
+            front=FRONT.format(1),
             port=self.port,
             upstreams="".join(STATIC.format(i=i, servers=servers) + upstream_block(f"d{i}") for i in range(self.size)),
             locations="".join(LOCATIONS.format(i=i) for i in range(self.size)),
@@ -159,31 +318,11 @@ class Bench:
         self._write(which)
         return start(self.front, self._conf(which))
 
-    def worker_cpu(self) -> float:
-        """CPU seconds the front nginx's worker has used so far."""
-        (pid,) = self.nginx.workers()
-        t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
-
-    def wrk(self, path: str, seconds: int) -> Run:
-        cpu = self.worker_cpu()
-        out = subprocess.run(
-            ["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://{FRONT}:{self.port}{path}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-        assert errors is None, out
-        requests = int(re.search(r"(\d+) requests in", out).group(1))
-        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        return Run(rate, requests / (self.worker_cpu() - cpu))
-
     def follows(self, path: str, label: str, timeout: float = 120) -> None:
         """Request ``path`` until backend ``label`` answers."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            conn = http.client.HTTPConnection(FRONT, self.port, timeout=10)
+            conn = http.client.HTTPConnection(FRONT.format(1), self.port, timeout=10)
             conn.request("GET", path)
             body = conn.getresponse().read().decode().strip()
             conn.close()
@@ -213,24 +352,6 @@ class Bench:
         self.back.stop()
 
 
-def throughput(bench: Bench, seconds: int, rounds: int) -> None:
-    """Paired rounds, the order alternating, so that the load of a shared host hits both alike."""
-    pairs = []
-    for i in range(rounds):
-        order = ("/s0", "/d0") if i % 2 == 0 else ("/d0", "/s0")
-        got = {path: bench.wrk(path, seconds) for path in order}
-        pairs.append((got["/s0"], got["/d0"]))
-    print("  pairs, static / dynamic req/s:", ", ".join(f"{s.rate:,.0f} / {d.rate:,.0f}" for s, d in pairs))
-    for label, key in (("per wall-clock second", "rate"), ("per CPU second of the worker", "per_cpu")):
-        s = statistics.median(getattr(p[0], key) for p in pairs)
-        d = statistics.median(getattr(p[1], key) for p in pairs)
-        ratio = statistics.median(getattr(p[1], key) / getattr(p[0], key) for p in pairs)
-        print(
-            f"throughput {label} (wrk -t1 -c32, {rounds} pairs of {seconds}s): static {s:,.0f}, "
-            f"dynamic {d:,.0f}; dynamic/static = {ratio:.1%} (median of pairs, goal >= 90%)"
-        )
-
-
 def change_times(bench: Bench, repeats: int) -> None:
     dyn = [bench.change_dynamic(3 if i % 2 == 0 else 0) for i in range(repeats)]
     sta = [bench.change_static(3 if i % 2 == 0 else 0) for i in range(max(2, repeats // 5))]
@@ -245,7 +366,8 @@ def change_times(bench: Bench, repeats: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--only", choices=("throughput", "change"), help="run one part only")
     ap.add_argument("--sizes", default="1,1000")
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
@@ -255,11 +377,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="clb-dynbench-"))
     work.chmod(0o755)
     try:
-        for n, size in enumerate(int(x) for x in args.sizes.split(",")):
+        if args.only != "change":
+            throughput(work / "throughput", args.seconds, args.rounds)
+        for size in [int(x) for x in args.sizes.split(",")] if args.only != "throughput" else []:
             bench = Bench(work / f"n{size}", size)
             try:
-                if n == 0:
-                    throughput(bench, args.seconds, args.rounds)
                 change_times(bench, args.repeats)
             finally:
                 bench.close()
