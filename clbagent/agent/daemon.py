@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from clbagent.agent.config import AgentConfig, ConfigError
 from clbagent.agent.engine import ApplyReport, Engine
 from clbagent.agent.l4_metrics import L4Collector
+from clbagent.agent.l7_connections import listener_addresses
 from clbagent.agent.metrics import AgentMetrics
 from clbagent.agent.source import FileSource
 from clbagent.agent.status import serve
@@ -84,6 +85,7 @@ class Agent:
                 self.metrics.watch_nginx(self.engine.nginx.workers)
                 self.metrics.watch_health(self.health.rows)
                 self.metrics.watch_l7(self._l7_text())
+                self.metrics.watch_listeners(lambda: listener_addresses(self.engine.serving))
                 self.metrics.add_collector(L4Collector.of(self.engine.l4))
                 self.metrics.serve(*endpoint)
             server = await serve(self.config.status_socket, self.snapshot)

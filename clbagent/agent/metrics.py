@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from clbagent.agent.engine import ApplyReport
+from clbagent.agent.l7_connections import ListenerAddress, ListenerConnectionsCollector
 from clbagent.agent.l7_metrics import L4Totals, L7Metrics
 
 HEALTH_STATES = ("Alive", "Dead", "Unknown")
@@ -142,6 +143,11 @@ class AgentMetrics:
         totals = getattr(collector, "l4_totals", None)
         if callable(totals):
             self.l4_totals = totals
+
+    def watch_listeners(self, addresses: Callable[[], Iterable[ListenerAddress]]) -> None:
+        """``clb_http_listener_connections``: the open client connections of the listeners whose
+        VIPs and ports ``addresses()`` gives, counted in the kernel at every scrape."""
+        self.registry.register(ListenerConnectionsCollector(addresses))
 
     def watch_l7(self, read: Callable[[], bytes] | None) -> None:
         """The L7 families nginx writes (``read`` None: static mode, nothing counted) and the

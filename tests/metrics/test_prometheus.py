@@ -20,6 +20,7 @@ VIP = "127.0.60.1"
 HOST = "www.example.com"
 APP = '{rule="loc-app",code="2xx",source="backend"}'
 MARKER = "zq-request-marker"  # sent in URIs and Host headers: must never become a label
+QUIET_LISTENERS = {"lbl-n": 8081, "lbl-o": 8082}
 
 
 def _doc(target: dict) -> dict:
@@ -29,7 +30,12 @@ def _doc(target: dict) -> dict:
 
     rules = [rule("loc-app", "/app"), rule("loc-err", "/status")]
     listener = {"ListenerId": "lbl-m", "Protocol": "HTTP", "Port": 8080, "Rules": rules}
-    return {"LoadBalancerId": "lb-m", "LoadBalancerVips": [VIP], "Listeners": [listener]}
+    # two more listeners that only the idle clients of the connection test use
+    quiet = [
+        {"ListenerId": lid, "Protocol": "HTTP", "Port": port, "Rules": [rule(f"loc-{lid}", "/app")]}
+        for lid, port in QUIET_LISTENERS.items()
+    ]
+    return {"LoadBalancerId": "lb-m", "LoadBalancerVips": [VIP], "Listeners": [listener, *quiet]}
 
 
 def _start_agent(host, doc: dict) -> str:  # noqa: F811 - the fixture
@@ -52,9 +58,9 @@ def _get(path: str, host_header: str = HOST) -> httpx.Response:
         return httpx.Response(0)
 
 
-def _idle_client() -> socket.socket:
-    """A client connection to the listener that made one request and stays open (keep-alive)."""
-    sock = socket.create_connection((VIP, 8080), timeout=5)
+def _idle_client(port: int) -> socket.socket:
+    """A client connection to the listener on ``port`` that made one request and stays open (keep-alive)."""
+    sock = socket.create_connection((VIP, port), timeout=5)
     sock.sendall(f"GET /app HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
     assert sock.recv(65536).startswith(b"HTTP/1.1 200")
     return sock
@@ -131,16 +137,28 @@ def test_prometheus_reads_rule_counters_by_source(host, status_backend, promethe
             if "clb_http_requests_total" in expr:
                 assert result, f"{panel['title']}: no data for {expr}"
 
-    # nginx's connection gauges (host-wide): four idle keep-alive clients wait, until they close
+    # open connections: 3 idle keep-alive clients on lbl-n and 1 on lbl-o, counted per listener in
+    # the kernel (Prometheus), new per listener by nginx, and as nginx's host-wide "waiting" gauge
     base = _connections(address)
-    clients = [_idle_client() for _ in range(4)]
+    per_listener = 'clb_http_listener_connections{{listener="{}"}}'
+    new = 'clb_http_new_connections_total{{listener="{}"}}'
+    assert prom.value(per_listener.format("lbl-n")) == 0 and prom.value(new.format("lbl-n")) is None
+    clients = [_idle_client(QUIET_LISTENERS[lid]) for lid in ("lbl-n", "lbl-n", "lbl-n", "lbl-o")]
     try:
         wait_for(lambda: _connections(address)["waiting"] == base["waiting"] + 4, 10, "four waiting connections")
         assert _connections(address)["active"] >= base["active"] + 4
+        for lid, n in (("lbl-n", 3), ("lbl-o", 1)):
+            wait_for(lambda lid=lid, n=n: prom.value(per_listener.format(lid)) == n, 20, f"{n} open on {lid}")
+            wait_for(lambda lid=lid, n=n: prom.value(new.format(lid)) == n, 20, f"{n} new on {lid}")
+        assert prom.query('clb_http_listener_connections{listener="lbl-n"}') == {
+            (("instance", address), ("job", "clbagent"), ("listener", "lbl-n"), ("load_balancer", "lb-m")): 3.0
+        }  # fmt: skip
     finally:
         for c in clients:
             c.close()
     wait_for(lambda: _connections(address)["waiting"] == base["waiting"], 10, "the connections closed")
+    for lid in QUIET_LISTENERS:
+        wait_for(lambda lid=lid: prom.value(per_listener.format(lid)) == 0, 20, f"no connection open on {lid}")
 
 
 @pytest.mark.parametrize("host", ["static"], indirect=True)
