@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
+from clbagent import cli
 from clbagent.cli import build_parser, main
 from clbagent.loader import load
 from tests.helpers import FIXTURES
@@ -85,3 +89,28 @@ def test_parser_lists_all_commands() -> None:
     text = build_parser().format_help()
     for name in ("validate", "schema", "import", "render", "apply", "run", "status", "health"):
         assert name in text
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(sub.choices)
+
+
+def test_each_command_is_found_in_the_module_cli_imports_for_it() -> None:
+    assert _commands(build_parser()) == set(cli.COMMANDS)
+    for name, module in cli.COMMANDS.items():
+        assert name in _commands(build_parser(module))
+
+
+def test_a_command_line_imports_only_what_its_command_needs() -> None:
+    """``clbagent render --help`` loads no validation, compiler or agent library (start-up time)."""
+    code = (
+        "import sys\n"
+        "from clbagent.cli import main\n"
+        "try:\n    main(['render', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = {'pydantic', 'yaml', 'jinja2', 'cryptography', 'pyroute2', 'prometheus_client', 'aetcd', 'httpx',"
+        " 'asyncio'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]"

@@ -1,5 +1,8 @@
 """CLI commands, one module each. Exit codes: 0 ok, 1 runtime failure, 2 invalid input or usage,
-3 an apply was refused or rolled back, 4 the command is not available in this build."""
+3 an apply was refused or rolled back, 4 the command is not available in this build.
+
+Modules here import what a command needs when it runs, not at import: building the parser must
+stay cheap (see :mod:`clbagent.cli`)."""
 
 from __future__ import annotations
 
@@ -9,14 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clbagent.errors import Issue
-from clbagent.loader import load
-from clbagent.settings import Settings, SettingsError
-from clbagent.validate import DesiredState, validate_documents
-
 if TYPE_CHECKING:
+    from clbagent.errors import Issue
     from clbagent.l4 import IpvsPlan
     from clbagent.l7 import NginxConfig
+    from clbagent.validate import DesiredState
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_REFUSED = 0, 1, 2, 3
 SHOWN_PATHS = 3  # paths shown for a repeated warning in text output
@@ -35,6 +35,10 @@ def add_state_arguments(parser: Any) -> None:
 def read_state(args: Any) -> tuple[DesiredState, list[Issue]]:
     """Load and validate the documents named on the command line. Unusable settings end the
     command with exit 2 and one sentence: nothing is validated against guessed limits."""
+    from clbagent.loader import load
+    from clbagent.settings import Settings, SettingsError
+    from clbagent.validate import validate_documents
+
     try:
         settings = Settings.load(args.settings)
     except SettingsError as exc:

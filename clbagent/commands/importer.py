@@ -7,18 +7,12 @@ import sys
 from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from clbagent.commands import EXIT_INVALID, EXIT_OK, print_issues
-from clbagent.errors import Code, Issue
-from clbagent.importers.alibaba import Context, convert, parse_request
-from clbagent.loader import DocumentError, load, parse_problem, parse_text, read_bounded, shown
-from clbagent.settings import DEFAULT_SETTINGS
-from clbagent.validate import validate_documents
 
-UNRESOLVED = {Code.RESOURCE_NOT_FOUND.value, Code.ALI_ACL_NOT_EXIST.value, Code.ALI_TLS_POLICY_NOT_EXIST.value}
+if TYPE_CHECKING:
+    from clbagent.errors import Issue
 
 
 def _vip(text: str) -> str:
@@ -94,6 +88,9 @@ def add_parser(sub: Any) -> None:
 
 def _read_into(path: Path) -> dict[str, Any]:
     """The load-balancer document ``--into`` names, read with the same bounds as any document."""
+    from clbagent.loader import DocumentError, parse_problem, parse_text, read_bounded, shown
+    from clbagent.settings import DEFAULT_SETTINGS
+
     try:
         found = parse_text(read_bounded(path, DEFAULT_SETTINGS.max_document_bytes).decode(), shown(path))
     except DocumentError as exc:
@@ -108,6 +105,10 @@ def _read_into(path: Path) -> dict[str, Any]:
 
 
 def _read_request(path: Path) -> dict[str, str]:
+    from clbagent.importers.alibaba import parse_request
+    from clbagent.loader import DocumentError, read_bounded
+    from clbagent.settings import DEFAULT_SETTINGS
+
     if str(path) == "-":
         return parse_request(sys.stdin.read(DEFAULT_SETTINGS.max_document_bytes))
     try:
@@ -120,15 +121,24 @@ def _read_request(path: Path) -> dict[str, str]:
 
 def _unresolved_as_warnings(issues: list[Issue]) -> list[Issue]:
     """Without ``--with`` the referenced objects are simply not known here: say so, keep the document."""
+    from clbagent.errors import Code
+
+    unresolved = {Code.RESOURCE_NOT_FOUND, Code.ALI_ACL_NOT_EXIST, Code.ALI_TLS_POLICY_NOT_EXIST}
     return [
         replace(i, severity="warning", message=f"{i.message} (give the document defining it with --with)")
-        if i.code in UNRESOLVED
+        if i.code in unresolved
         else i
         for i in issues
     ]
 
 
 def run(args: Any) -> int:
+    import yaml
+
+    from clbagent.importers.alibaba import Context, convert
+    from clbagent.loader import load, shown
+    from clbagent.validate import validate_documents
+
     try:
         params = _read_request(args.request)
     except (ValueError, RecursionError) as exc:

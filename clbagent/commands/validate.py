@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, compile_state, print_issues, read_state
-from clbagent.loader import load
-from clbagent.validate import check_transition, validate_documents
 
 
 def add_parser(sub: Any) -> None:
@@ -34,6 +32,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: Any) -> int:
+    from clbagent.loader import load
+    from clbagent.validate import check_transition, validate_documents
+
     state, load_issues = read_state(args)
     if args.previous:
         docs, _ = load(args.previous)
