@@ -271,20 +271,24 @@ def _check_string(text: str, where: str, settings: Settings) -> None:
         raise DocumentError("a string holds a lone surrogate (not a character)", where, Code.FORMAT_ERROR) from None
 
 
-def read_cert_file(name: str, doc_dir: Path, cert_dir: Path, limit: int) -> str:
+def read_cert_file(
+    name: str, doc_dir: Path, cert_dir: Path, limit: int, resolved: dict[Path, Path] | None = None
+) -> str:
     """The text of a certificate or key file named in a document, read only from inside ``cert_dir``.
 
     The name is taken relative to the document's directory and resolved (symlinks included); it
     must stay inside the resolved ``cert_dir``. The result is opened without following a symlink
     and must be a regular file of at most ``limit`` bytes. A name outside ``cert_dir`` gets the same
-    answer whether or not it exists."""
-    root = cert_dir.resolve()
+    answer whether or not it exists. ``resolved`` remembers resolved directories for the files of
+    one load (thousands of certificates usually sit in one or two directories)."""
+    memo = {} if resolved is None else resolved
+    root = _resolve_dir(cert_dir, memo)
     outside = DocumentError(
         f"must name a file inside the certificate directory {shown(root)}", code=Code.INVALID_PARAMETER
     )
     if "\0" in name:
         raise outside
-    target = (doc_dir.resolve() / name).resolve()
+    target = _resolve_name(_resolve_dir(doc_dir, memo), name, memo)
     if not target.is_relative_to(root) or target == root:
         raise outside
     try:
@@ -299,7 +303,27 @@ def read_cert_file(name: str, doc_dir: Path, cert_dir: Path, limit: int) -> str:
         raise DocumentError(f"{shown(name)} is not PEM text (ASCII)", code=Code.FORMAT_ERROR) from None
 
 
-def read_cert_files(raw: Any, doc_dir: Path, cert_dir: Path, source: str, settings: Settings) -> list[Issue]:
+def _resolve_dir(path: Path, memo: dict[Path, Path]) -> Path:
+    found = memo.get(path)
+    if found is None:
+        found = memo[path] = path.resolve()
+    return found
+
+
+def _resolve_name(doc_dir: Path, name: str, memo: dict[Path, Path]) -> Path:
+    """``doc_dir / name`` resolved like ``Path.resolve``: the directory part through ``memo``, the
+    last part itself unless it is a symlink or a dot name (then the whole path is resolved)."""
+    full = doc_dir / name
+    last = full.name
+    if last in ("", ".", "..") or name.endswith(("/", "/.", "/..")):
+        return full.resolve()
+    target = _resolve_dir(full.parent, memo) / last
+    return full.resolve() if target.is_symlink() else target
+
+
+def read_cert_files(
+    raw: Any, doc_dir: Path, cert_dir: Path, source: str, settings: Settings, resolved: dict[Path, Path] | None = None
+) -> list[Issue]:
     """Fill ``CertContent``/``CertKey`` of a raw document from the files it names, inside ``cert_dir``."""
     issues: list[Issue] = []
     certs = raw.get("Certificates") if isinstance(raw, dict) else None
@@ -313,7 +337,7 @@ def read_cert_files(raw: Any, doc_dir: Path, cert_dir: Path, source: str, settin
             if not isinstance(name, str) or content_key in cert:
                 continue
             try:
-                cert[content_key] = read_cert_file(name, doc_dir, cert_dir, settings.cert_file_max_bytes)
+                cert[content_key] = read_cert_file(name, doc_dir, cert_dir, settings.cert_file_max_bytes, resolved)
             except DocumentError as exc:
                 issues.append(Issue(f"{source}/Certificates[{i}]/{file_key}", exc.code, str(exc)))
     return issues
@@ -328,6 +352,7 @@ def load(
     directory ``CertFile``/``CertKeyFile`` may be read from."""
     docs: list[tuple[str, Any]] = []
     issues: list[Issue] = []
+    resolved: dict[Path, Path] = {}
     try:
         files = document_files(paths)
     except (OSError, ValueError) as exc:
@@ -347,7 +372,7 @@ def load(
         issues.extend(refused)
         allowed = cert_dir or settings.cert_dir or f.parent
         for src, raw in found:
-            issues.extend(read_cert_files(raw, f.parent, allowed, src, settings))
+            issues.extend(read_cert_files(raw, f.parent, allowed, src, settings, resolved))
             docs.append((src, raw))
     return docs, issues
 

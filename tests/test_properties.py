@@ -16,6 +16,7 @@ from clbagent.loader import load
 from clbagent.model import LoadBalancer
 from clbagent.settings import RESERVED_PORTS
 from clbagent.validate import validate_documents
+from clbagent.validate.certs import _layout, layout_by_line
 from tests.helpers import FIXTURES
 
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
@@ -169,3 +170,31 @@ def test_mutations_validate_or_report_with_path(docs: list[tuple[str, Any]]) -> 
         assert issue.path and "<bound method" not in issue.path
     for doc in state.documents:
         assert doc.ok or any(i.severity == "error" for i in doc.issues) or doc.model is None
+
+
+PEM_LINES = st.sampled_from(
+    [
+        "-----BEGIN CERTIFICATE-----",
+        "-----END CERTIFICATE-----",
+        "-----BEGIN PRIVATE KEY-----",
+        "-----END PRIVATE KEY-----",
+        "-----BEGIN X-----",
+        "Proc-Type: 4,ENCRYPTED",
+        "",
+        "A" * 64,
+        "B" * 63,
+        "C" * 65,
+        "QUJD==",
+        "not base64!",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(PEM_LINES, max_size=14), st.sampled_from(["\n", "\r\n"]))
+def test_pem_layout_fast_path_agrees_with_the_line_analysis(lines: list[str], newline: str) -> None:
+    """The one-match acceptance of well-formed PEM never accepts what the line analysis refuses."""
+    text = newline.join(lines)
+    labels = ("CERTIFICATE", "PRIVATE KEY")
+    body = text.replace("\r\n", "\n").strip("\n")
+    assert _layout(text, labels, "pem") == layout_by_line(body, labels, "pem")

@@ -17,6 +17,14 @@ KEY_LABELS = ("RSA PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY")
 B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
 LABEL = re.compile(r"^-----(BEGIN|END) ([A-Z ]{1,40})-----$")
 MAX_BLOCKS = 10  # a server certificate and its intermediates
+CACHED = 1 << 16  # parsed certificates and checked key pairs kept between validation passes
+# A text of well-formed PEM blocks only (64-column base64 bodies, no headers, no blank lines):
+# judged in one linear match, the line-by-line analysis runs only when this does not match.
+_B64 = "[A-Za-z0-9+/=]"
+WELL_FORMED = re.compile(
+    rf"(?:-----BEGIN ([A-Z ]{{1,40}})-----\n(?:{_B64}{{64}}\n)*{_B64}{{1,64}}\n-----END \1-----(?:\n(?=-)|\Z))+"
+)
+BLOCK_LABEL = re.compile(r"^-----BEGIN ([A-Z ]{1,40})-----$", re.MULTILINE)
 
 
 def _blocks(lines: list[str]) -> tuple[list[tuple[str, list[str]]], bool]:
@@ -45,6 +53,15 @@ def _layout(text: str, labels: tuple[str, ...], what: str) -> list[str]:
     """Problems with the PEM layout of ``text``; empty when every block is well formed. Linear in
     the text: certificates are tenant input."""
     body = text.replace("\r\n", "\n").strip("\n")
+    if WELL_FORMED.fullmatch(body):
+        found = BLOCK_LABEL.findall(body)
+        if len(found) <= MAX_BLOCKS and all(label in labels for label in found):
+            return []
+    return layout_by_line(body, labels, what)
+
+
+def layout_by_line(body: str, labels: tuple[str, ...], what: str) -> list[str]:
+    """The line-by-line analysis behind ``_layout``, which names each problem."""
     if not body.startswith("-----BEGIN "):
         return [f"{what} must be PEM text starting with a '-----BEGIN ...-----' line"]
     lines = body.split("\n")
@@ -70,8 +87,21 @@ def _layout(text: str, labels: tuple[str, ...], what: str) -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=CACHED)
+def _chain(text: str) -> tuple[x509.Certificate, ...] | str:
+    """The certificates of a PEM text, or why it does not parse; parsed once per distinct text."""
+    try:
+        return tuple(x509.load_pem_x509_certificates(text.encode()))
+    except ValueError as exc:
+        return str(exc)
+
+
 def load_chain(text: str) -> list[x509.Certificate]:
-    return x509.load_pem_x509_certificates(text.encode())
+    """The certificates of a PEM text; ``ValueError`` when it does not parse."""
+    chain = _chain(text)
+    if isinstance(chain, str):
+        raise ValueError(chain)
+    return list(chain)
 
 
 def normalized_key(text: str) -> str:
@@ -136,23 +166,24 @@ def _check_key(cert: Certificate, leaf: x509.Certificate, root: str) -> list[Iss
         return [Issue(at, Code.FORMAT_ERROR, p) for p in problems]
     if "ENCRYPTED" in cert.cert_key:
         return [Issue(at, Code.FORMAT_ERROR, "encrypted private keys are not accepted; remove the passphrase")]
-    problem = key_problem(cert.cert_key, leaf.public_bytes(serialization.Encoding.PEM).decode())
+    spki = leaf.public_key().public_bytes(serialization.Encoding.DER, SPKI)
+    problem = key_problem(cert.cert_key, spki)
     return [Issue(at, Code.FORMAT_ERROR, problem)] if problem else []
 
 
-@functools.lru_cache(maxsize=4096)
-def key_problem(key_pem: str, leaf_pem: str) -> str | None:
-    """Why the key cannot serve the certificate, or None. Cached: the same pair is checked on every
-    validation pass, and parsing an RSA key is the slowest step of validation."""
+SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
+
+
+@functools.lru_cache(maxsize=CACHED)
+def key_problem(key_pem: str, leaf_spki: bytes) -> str | None:
+    """Why the key cannot serve the certificate whose public key is ``leaf_spki`` (DER), or None.
+    Cached: the same pair is checked on every validation pass, and parsing an RSA key is the
+    slowest step of validation."""
     try:
         key = serialization.load_pem_private_key(key_pem.encode(), password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, TypeError) as exc:
         return f"private key does not parse: {exc}"
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    leaf = x509.load_pem_x509_certificate(leaf_pem.encode())
-    if key.public_key().public_bytes(serialization.Encoding.DER, pub) != leaf.public_key().public_bytes(
-        serialization.Encoding.DER, pub
-    ):
+    if key.public_key().public_bytes(serialization.Encoding.DER, SPKI) != leaf_spki:
         return "private key does not match the certificate"
     return None
 
@@ -165,7 +196,7 @@ WEAK_HASHES = (hashes.SHA1, hashes.MD5)
 MIN_BITS = {rsa.RSAPublicKey: 2048, dsa.DSAPublicKey: 2048, ec.EllipticCurvePublicKey: 224}
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CACHED)
 def weak_leaf(pem: str) -> str | None:
     """Why OpenSSL at its normal security level (Debian: level 2) refuses to serve this leaf
     certificate, or None: a key under 112 bits of strength or a SHA-1/MD5 signature."""
