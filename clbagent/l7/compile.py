@@ -113,11 +113,13 @@ class LuaText:
 
 def lua_text(prefix: str, conf_dir: str, upstreams: Mapping[str, channel.Upstream]) -> LuaText:
     """The shared dict is sized from ``upstreams`` in power-of-two steps: a new size empties it at
-    the next reload (the agent then re-sends), so it should rarely change."""
+    the next reload (the agent then re-sends), so it should rarely change. The cookie's header
+    filter is there only when some upstream has cookie persistence (the first one reloads)."""
     size = channel.shared_dict_size(upstreams)
+    sticky = any(u.sticky for u in upstreams.values())
     return LuaText(
         channel.main_directives(),
-        channel.http_directives(Path(conf_dir) / channel.DATA_DIR, size),
+        channel.http_directives(Path(conf_dir) / channel.DATA_DIR, size, sticky=sticky),
         channel.channel_server(Path(prefix)),
     )
 

@@ -107,14 +107,19 @@ def main_directives(modules: Path = NGINX_MODULES) -> str:
     return f"load_module {m}/ndk_http_module.so;\nload_module {m}/ngx_http_lua_module.so;\n"
 
 
-def http_directives(data_dir: Path, dict_size: str, lua_dir: Path = LUA_DIR, *, count: bool = True) -> str:
+def http_directives(
+    data_dir: Path, dict_size: str, lua_dir: Path = LUA_DIR, *, count: bool = True, sticky: bool = True
+) -> str:
     """http-context lines: where the Lua code is, the shared dicts, loading every data file
     of ``data_dir`` at start and reload, and the phases that set the cookie and give connections back.
-    ``count``: the log phase also counts the L7 metrics (docs/metrics.md)."""
+    ``count``: the log phase also counts the L7 metrics (docs/metrics.md). ``sticky``: some upstream
+    has cookie persistence; without any, the header filter phase (a Lua call on every response)
+    is left out."""
     data, lua = _plain(data_dir), _plain(lua_dir)
     if not re.fullmatch(r"[1-9][0-9]{0,5}[km]", dict_size):
         raise ValueError(f"shared dict size {dict_size!r}: a number with k or m")
     shm, load, worker, log = metrics.http_lines() if count else ("", "", "", "")
+    cookie = '    header_filter_by_lua_block { require("clb.balancer").header_filter() }\n' if sticky else ""
     return (
         f'    lua_package_path "{lua}/?.lua;;";\n'
         f"    lua_shared_dict clb_upstreams {dict_size};\n"
@@ -122,7 +127,7 @@ def http_directives(data_dir: Path, dict_size: str, lua_dir: Path = LUA_DIR, *, 
         f"{shm}"
         f'    init_by_lua_block {{ require("clb.init").load_dir("{data}") {load} }}\n'
         f"{worker}"
-        '    header_filter_by_lua_block { require("clb.balancer").header_filter() }\n'
+        f"{cookie}"
         f'    log_by_lua_block {{ require("clb.balancer").log() {log} }}\n'
     )
 

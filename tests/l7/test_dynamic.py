@@ -99,6 +99,19 @@ def test_static_rendering_has_no_lua(tmp_path: Path) -> None:
     assert "lua" not in out["nginx"]["nginx.conf"] and not any(p.startswith("upstreams/") for p in out["nginx"])
 
 
+def test_the_cookie_filter_is_rendered_only_with_cookie_persistence() -> None:
+    """Without any sticky rule no response pays for a Lua header filter; the first sticky rule
+    changes nginx.conf (so the agent reloads instead of sending data only)."""
+    target = [{"EniIp": "127.0.20.1", "Port": 80, "Weight": 10}]
+
+    def conf(sticky: list[dict]) -> str:
+        state = validate_documents([("doc", document(target, sticky, []))])
+        return compile_nginx(state, prefix="/srv/clb", dynamic=True).files["nginx.conf"]
+
+    assert "header_filter_by_lua" not in conf([])
+    assert 'header_filter_by_lua_block { require("clb.balancer").header_filter() }' in conf(target)
+
+
 def test_a_target_change_is_data_only_and_follows_without_reload(prefix: Path, backends) -> None:
     a, b, c = backends("a"), backends("b"), backends("c")
     s, h = backends("s"), backends("h")

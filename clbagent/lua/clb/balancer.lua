@@ -4,7 +4,8 @@
 --- (clb_conns shared dict; +1 when a try starts, -1 when it ends).
 ---
 --- Each worker caches the per-worker form of every upstream it served (clb.peers) with the
---- version it was built from; one shared-dict get per request tells whether the version moved.
+--- version it was built from; one shared-dict get of a short key per request tells whether any
+--- version moved.
 --- The request path allocates nothing: the state tables of finished requests are kept for later
 --- ones, and the version key of each upstream is built once.
 ---
@@ -28,8 +29,10 @@ local get_last_failure = ngx_balancer.get_last_failure
 local M = {}
 
 --- The address of the current request object (a number: the cdata box differs on every call).
+local uintptr_t = ffi.typeof("uintptr_t")
+local get_request = base.get_request
 local function request_key()
-  return tonumber(ffi.cast("uintptr_t", base.get_request()))
+  return tonumber(ffi.cast(uintptr_t, get_request()))
 end
 
 local NO_LIVE_UPSTREAMS = -3 -- NGX_BUSY: nginx answers 502 and logs "no live upstreams"
@@ -41,6 +44,7 @@ local MAX_SPARE = 1024
 local shm = store.new(ngx.shared.clb_upstreams)
 local upstreams = ngx.shared.clb_upstreams
 local conns = ngx.shared.clb_conns
+local GEN = store.GEN
 local version_key = setmetatable({}, { -- "v:<name>" per upstream name of the configuration (bounded)
   __index = function(keys, name)
     local key = store.version_key(name)
@@ -50,10 +54,19 @@ local version_key = setmetatable({}, { -- "v:<name>" per upstream name of the co
 })
 
 --- The per-worker form of upstream ``name`` at its current version, or nil when nginx holds none.
+--- The common case costs one read of a short key: when the dict's change counter ("gen") is the one
+--- this upstream was last checked at, nothing changed since; otherwise its version is read (and the
+--- upstream decoded again only when that moved). The counter moves after a version does, and is
+--- read before it: a change is seen by the very next request.
 function M.upstream(name)
-  local version = upstreams:get(version_key[name])
+  local gen = upstreams:get(GEN)
   local up = cache[name]
+  if up and gen and up.gen == gen then
+    return up
+  end
+  local version = upstreams:get(version_key[name])
   if up and up.version == version then
+    up.gen = gen
     return up
   end
   if not version then
@@ -66,6 +79,7 @@ function M.upstream(name)
     return nil
   end
   up = peers.build(name, upstream, version)
+  up.gen = gen
   cache[name] = up
   any_sticky = any_sticky or up.sticky ~= nil
   return up

@@ -2,15 +2,25 @@
 ---   "d:<name>" the normalized upstream as JSON, "v:<name>" its version, "s:<name>" where it came
 ---   from ("file" or "channel"); "seq" the last version handed out (versions never repeat, not
 ---   even for an upstream deleted and created again); "instance" an id set when the dict was
----   found empty, so the agent can tell that nginx lost what it had sent (a changed dict size).
+---   found empty, so the agent can tell that nginx lost what it had sent (a changed dict size);
+---   "gen" a counter moved after every change of any "v:" key, so that one short read tells a
+---   worker whether anything changed since it last looked (see clb.balancer).
 --- Writes use safe_set: a full dict refuses the write instead of evicting another upstream.
 local cjson = require("cjson.safe")
 
 local M = {}
 M.__index = M
 
+M.GEN = "gen"
+
 function M.new(dict)
   return setmetatable({ dict = dict }, M)
+end
+
+--- After a "v:" key changed: a reader that saw the old "gen" looks at the versions again. (Moved
+--- after the change, never before: a reader that sees the new "gen" then reads the new version.)
+function M:changed()
+  self.dict:incr(M.GEN, 1, 0)
 end
 
 --- The key of an upstream's version ("v:<name>"): the balancer reads it on every request.
@@ -52,6 +62,7 @@ function M:write(name, upstream, source)
   if not ok then
     return nil, err
   end
+  self:changed()
   return version
 end
 
@@ -60,6 +71,9 @@ function M:remove(name)
   self.dict:delete("v:" .. name) -- first: workers stop using the upstream
   self.dict:delete("d:" .. name)
   self.dict:delete("s:" .. name)
+  if existed then
+    self:changed()
+  end
   return existed
 end
 

@@ -20,6 +20,15 @@ describe("peers", function()
     assert.equal(7, up.version)
   end)
 
+  it("keys each member's connection counter by 8 bytes of its upstream and endpoint", function()
+    local key = peers.conns_key("u_0123456789abcdef0123456789abcdef_loc_root", "10.0.0.1:80")
+    assert.equal(8, #key)
+    assert.equal(key, peers.conns_key("u_0123456789abcdef0123456789abcdef_loc_root", "10.0.0.1:80"))
+    assert.not_equal(key, peers.conns_key("u_0123456789abcdef0123456789abcdef_loc_root", "10.0.0.1:81"))
+    assert.not_equal(key, peers.conns_key("u_0123456789abcdef0123456789abcdef_loc_rooT", "10.0.0.1:80"))
+    assert.equal(peers.conns_key("u", "10.0.0.1:80"), build({ { endpoint = "10.0.0.1:80", weight = 1 } }).peers[1].ckey)
+  end)
+
   it("gives no traffic to weight 0 and to down members", function()
     local up = build({
       { endpoint = "10.0.0.1:80", weight = 1, down = false },
