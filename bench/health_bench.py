@@ -214,24 +214,29 @@ async def scenario(kind: str, n: int, window: float, raw: bool, with_metrics: bo
     with tempfile.TemporaryDirectory() as tmp:
         done = [0]
 
-        def observe(kind: str, ok: bool, seconds: float) -> None:
+        def count(kind: str, ok: bool, seconds: float) -> None:
             done[0] += 1
-            if with_metrics:
-                metrics.observe_probe(kind, ok, seconds)
 
+        def probes_done() -> float:
+            """With the hook, the agent's own counter (the observer the agent passes, nothing added)."""
+            if not with_metrics:
+                return done[0]
+            return sum(s.value for m in metrics.probes.collect() for s in m.samples if s.name.endswith("_total"))
+
+        observe = metrics.observe_probe if with_metrics else count
         monitor = Monitor(loop, HealthStore(Path(tmp)), on_change, observe, raw=raw)
         monitor.update(probes)
         t0 = time.monotonic()
         while monitor.counts()[ALIVE] < n and time.monotonic() - t0 < INTERVAL * (RISE + 3):
             await asyncio.sleep(0.5)
         alive_after = time.monotonic() - t0
-        probes_before = done[0]
+        probes_before = probes_done()
         c0, w0, lag = cpu(), time.monotonic(), 0.0
         while time.monotonic() - w0 < window:
             await asyncio.sleep(0.1)
             lag = max(lag, monitor.late)
         seconds, used = time.monotonic() - w0, cpu() - c0
-        probes_done = done[0] - probes_before
+        probed = probes_done() - probes_before
         killed.update(f"{ip}:{port}" for ip, port in endpoints[:KILLED])
         closed = await listeners.close_first(KILLED)
         bound = INTERVAL * FALL + 1
@@ -248,8 +253,8 @@ async def scenario(kind: str, n: int, window: float, raw: bool, with_metrics: bo
         "alive_after_s": round(alive_after, 1),
         "alive": monitor.counts()[ALIVE] + len(dead_at),
         "core_share": used / seconds,
-        "probes_per_s": probes_done / seconds,
-        "cpu_per_probe_us": 1e6 * used / max(probes_done, 1),
+        "probes_per_s": probed / seconds,
+        "cpu_per_probe_us": 1e6 * used / max(probed, 1),
         "max_late_s": round(lag, 3),
         "detected": len(latencies),
         "p50_s": statistics.median(latencies) if latencies else None,

@@ -9,14 +9,14 @@ import os
 import socket
 import struct
 
-from clbagent.health.probe import Done, bind_source, family, late
+from clbagent.health.probe import Done, OneShot, bind_source, family, late
 from clbagent.health.spec import Check
 from clbagent.health.syn import checksum
 
 ICMP_ECHO, ICMP_ECHO_REPLY, ICMP6_ECHO, ICMP6_ECHO_REPLY = 8, 0, 128, 129
 
 
-class UdpProber:
+class UdpProber(OneShot):
     """One connected datagram socket per probe: a reply or an ICMP error comes back on it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
@@ -72,7 +72,7 @@ class UdpProber:
         return None
 
 
-class PingProber:
+class PingProber(OneShot):
     """ICMP echo over one raw socket per family (root), or the kernel's unprivileged ping sockets."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):

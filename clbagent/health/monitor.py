@@ -1,6 +1,10 @@
 """The scheduler: every check probed once per IntervalTime, spread over the interval, its results
 counted into its state, transitions handed to the agent with the down keys they imply.
 
+Probes are scheduled on a wheel of ``TICK``-long slots: the checks due in one slot are started in
+one wake-up, and scheduling a check is an append to the list of a later slot (no timer, no heap
+entry per probe).
+
 Overload degrades by probing late, never by false deaths: a probe that cannot be sent (no
 descriptor, a full send queue) waits and is not a failure; a deadline the loop handled late counts
 as nothing; when the scheduler falls behind, each check's next probe is one interval after the
@@ -15,20 +19,20 @@ import heapq
 import logging
 import random
 import resource
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from clbagent.health.datagram import PingProber, UdpProber
-from clbagent.health.probe import Prober
+from clbagent.health.probe import TICK, Prober, Start
 from clbagent.health.spec import Check, Probes, Subject
 from clbagent.health.state import ALIVE, DEAD, UNKNOWN, Health, HealthStore
 from clbagent.health.stream import StreamProber
 from clbagent.health.syn import SynProber, raw_allowed
 
 BATCH = 2000  # probes started per loop iteration at most (the status socket keeps answering)
-RETRY = 0.05  # seconds before a probe that could not be sent is tried again
-QUANTUM = 0.01  # probes due within this much are started together (one wake-up, not one each)
+RETRY = 5  # ticks before a probe that could not be sent is tried again
 SAVE_DELAY = 0.5  # transitions within this window are written to disk once
 log = logging.getLogger(__name__)
 
@@ -42,10 +46,12 @@ class Entry:
     subjects: list[Subject]
     health: Health
     prober: Prober
+    ticks: int = 1  # the interval, in wheel ticks
     busy: bool = False
     gone: bool = False
     started: float = 0.0
     done: Callable[[bool | None, str], None] | None = None  # bound once: no closure per probe
+    start: Start | None = None  # prepared by the prober once per source: starts the next probe
 
 
 @dataclass
@@ -88,10 +94,11 @@ class Monitor:
         self.saved, self.down = store.load()
         self.entries: dict[Check, Entry] = {}
         self.unchecked: list[Subject] = []
-        self._heap: list[tuple[float, int, Entry]] = []
-        self._seq = 0
+        self._wheel: dict[int, list[Entry]] = {}  # tick number -> the checks due at that tick
+        self._ticks: list[int] = []  # a heap of the wheel's tick numbers
         self._timer: asyncio.TimerHandle | None = None
         self._armed = float("inf")
+        self._clock = time.time() - loop.time()  # wall clock minus loop clock: a probe's wall time
         self._pending: list[Transition] = []
         self._dead: set[Entry] = set()
         self._save: asyncio.TimerHandle | None = None
@@ -113,19 +120,22 @@ class Monitor:
                 self._dead.discard(entry)
                 del self.entries[check]
         for check, subjects in probes.subjects.items():
+            source = probes.sources.get(check)
             entry = self.entries.get(check)
             if entry is not None:
-                entry.subjects, entry.source = subjects, probes.sources.get(check)
+                entry.subjects = subjects
+                if source != entry.source:
+                    entry.source, entry.start = source, entry.prober.prepare(check, source, entry.done)  # type: ignore[arg-type]
                 continue
             prober = self.stream if check.kind == "tcp" and check.family == 6 else self.probers[check.kind]
-            entry = Entry(
-                check, probes.sources.get(check), subjects, Health.restored(self.saved.get(check.key)), prober
-            )
+            entry = Entry(check, source, subjects, Health.restored(self.saved.get(check.key)), prober)
+            entry.ticks = max(1, round(check.interval / TICK))
             entry.done = functools.partial(self._result, entry)
+            entry.start = prober.prepare(check, source, entry.done)
             self.entries[check] = entry
             if entry.health.state == DEAD:
                 self._dead.add(entry)
-            self._push(now + random.uniform(0, check.interval), entry)  # jitter: spread over the interval
+            self._put(_tick_of(now + random.uniform(0, check.interval)), entry)  # jitter: spread over the interval
         self.unchecked = probes.unchecked
         self.saved = {}
         self._arm()
@@ -144,14 +154,17 @@ class Monitor:
 
     # ------------------------------------------------------------------ scheduling
 
-    def _push(self, due: float, entry: Entry) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, entry))
+    def _put(self, tick: int, entry: Entry) -> None:
+        bucket = self._wheel.get(tick)
+        if bucket is None:
+            bucket = self._wheel[tick] = []
+            heapq.heappush(self._ticks, tick)
+        bucket.append(entry)
 
     def _arm(self) -> None:
-        if not self._heap:
+        if not self._ticks:
             return
-        due = max(self._heap[0][0], self.loop.time() + QUANTUM)
+        due = self._ticks[0] * TICK
         if due < self._armed:
             if self._timer is not None:
                 self._timer.cancel()
@@ -159,28 +172,48 @@ class Monitor:
             self._timer = self.loop.call_at(due, self._tick)
 
     def _tick(self) -> None:
+        """Start every check due by now, oldest tick first, ``BATCH`` at most per loop iteration."""
         self._timer, self._armed = None, float("inf")
         now = self.loop.time()
-        heap, started, until = self._heap, 0, now + QUANTUM / 2
-        while heap and heap[0][0] <= until and started < BATCH:
-            due, _, entry = heapq.heappop(heap)
-            if entry.gone:
-                continue
-            interval = entry.check.interval
-            if entry.busy or self.in_flight >= self.max_in_flight:
-                self._push(now + RETRY, entry)  # still running, or out of descriptors: later
-                continue
-            entry.started = now
-            if not entry.prober.probe(entry.check, entry.source, entry.done):  # type: ignore[arg-type]
-                self._push(now + RETRY, entry)
-                continue
-            started += 1
-            entry.busy = True
-            self.in_flight += 1
-            self.late = now - due
-            # Behind by more than an interval: the next probe is one interval after this one.
-            self._push(due + interval if due + interval > now else now + interval, entry)
-        if heap and heap[0][0] <= now:
+        self._clock = time.time() - now
+        current = int((now + 1e-6) // TICK)  # the last tick due (a microsecond early is on time)
+        started, limit = 0, self.max_in_flight
+        ticks, wheel = self._ticks, self._wheel
+        next_tick, next_bucket = -1, []  # the bucket last appended to: most checks go to the same one
+        while ticks and ticks[0] <= current and started < BATCH:
+            tick = heapq.heappop(ticks)
+            bucket = wheel.pop(tick)
+            self.late = now - tick * TICK
+            if len(bucket) > BATCH - started:  # the rest of this tick waits for the next loop iteration
+                wheel[tick] = bucket[BATCH - started :]
+                heapq.heappush(ticks, tick)
+                bucket = bucket[: BATCH - started]
+            for entry in bucket:
+                if entry.gone:
+                    continue
+                if entry.busy or self.in_flight >= limit:
+                    self._put(current + RETRY, entry)  # still running, or out of descriptors: later
+                    continue
+                entry.busy, entry.started = True, now  # before the start: a probe may end within it
+                self.in_flight += 1
+                if not entry.start():  # type: ignore[misc]
+                    entry.busy = False
+                    self.in_flight -= 1
+                    self._put(current + RETRY, entry)  # not sent (a full queue): later, not failed
+                    continue
+                started += 1
+                # Behind by more than an interval: the next probe is one interval after this one.
+                later = tick + entry.ticks
+                if later <= current:
+                    later = current + entry.ticks
+                if later != next_tick:
+                    next_bucket = wheel.get(later)  # type: ignore[assignment]
+                    if next_bucket is None:
+                        next_bucket = wheel[later] = []
+                        heapq.heappush(ticks, later)
+                    next_tick = later
+                next_bucket.append(entry)
+        if ticks and ticks[0] <= current:
             self._armed = now
             self._timer = self.loop.call_soon(self._tick)  # type: ignore[assignment]
         else:
@@ -193,8 +226,8 @@ class Monitor:
             return  # the agent was too busy to judge: not a result
         if self.observe is not None:
             self.observe(entry.check.kind, ok, self.loop.time() - entry.started)
-        old = entry.health.state
-        new = entry.health.record(ok, error, entry.check.rise, entry.check.fall)
+        old, check = entry.health.state, entry.check
+        new = entry.health.record(ok, error, check.rise, check.fall, entry.started + self._clock)
         if new is None:
             return
         if new == DEAD:
@@ -273,3 +306,8 @@ class Monitor:
         for entry in list(self.entries.values()):
             out[entry.health.state] += 1
         return out
+
+
+def _tick_of(moment: float) -> int:
+    """The first wheel tick at or after ``moment`` (loop time)."""
+    return -int(-moment // TICK)

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Callable
 from urllib.parse import quote
 
-from clbagent.health.probe import Done, abortive, bind_source, family, late
+from clbagent.health.probe import Done, OneShot, abortive, bind_source, family, late
 from clbagent.health.spec import Check
 
 Verdict = tuple[bool, str] | None
@@ -59,7 +59,7 @@ def reply_judge(expect: bytes) -> Judge:
     return judge
 
 
-class StreamProber:
+class StreamProber(OneShot):
     """connect, then (optionally) TLS, one request and a judged reply; all on callbacks."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):

@@ -26,7 +26,7 @@ def run_monitor(
         monitor = Monitor(asyncio.get_running_loop(), HealthStore(state_dir), lambda t, d: seen.extend(t))
         if unsendable:  # nothing can be sent: no descriptors, full queues
             for prober in monitor.probers.values():
-                prober.probe = lambda check, source, done: False  # type: ignore[method-assign]
+                prober.prepare = lambda check, source, done: lambda: False  # type: ignore[method-assign]
         monitor.update(p)
         await asyncio.sleep(seconds)
         monitor.close()
