@@ -38,7 +38,7 @@ end
 local NO_LIVE_UPSTREAMS = -3 -- NGX_BUSY: nginx answers 502 and logs "no live upstreams"
 local cache = {}
 local any_sticky = false -- until an upstream with cookie persistence is seen, no header filter work
-local inflight = {} -- request address → state of its tries: {up =, peer =, tried =, hash =}
+local inflight = {} -- request address → state of its tries: {up =, peer =, tried =, hash =, tries =}
 local spare, nspare = {}, 0 -- state tables of finished requests, for the next ones
 local MAX_SPARE = 1024
 local shm = store.new(ngx.shared.clb_upstreams)
@@ -103,7 +103,7 @@ local function pick(up, st)
     return leastconn.pick(up.peers, tried, active)
   elseif method == "ip_hash" then
     local peer
-    peer, st.hash = iphash.pick(up, ngx.var.binary_remote_addr, tried, st.hash)
+    peer, st.hash, st.tries = iphash.pick(up, ngx.var.binary_remote_addr, tried, st.hash, st.tries)
     return peer
   end
   return wrr.pick(up.peers, tried)
@@ -140,7 +140,7 @@ function M.balance(name)
       st = {}
     end
     local up = M.upstream(name)
-    st.up, st.peer, st.tried, st.hash = up, nil, nil, nil
+    st.up, st.peer, st.tried, st.hash, st.tries = up, nil, nil, nil, nil
     inflight[r] = st
     if not up or up.usable == 0 then
       return ngx.exit(NO_LIVE_UPSTREAMS)
@@ -194,7 +194,7 @@ function M.log()
       release(st.peer)
     end
     if nspare < MAX_SPARE then
-      st.up, st.peer, st.tried, st.hash = nil, nil, nil, nil
+      st.up, st.peer, st.tried, st.hash, st.tries = nil, nil, nil, nil, nil
       nspare = nspare + 1
       spare[nspare] = st
     end

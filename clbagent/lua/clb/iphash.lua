@@ -11,16 +11,14 @@ local M = {}
 M.INITIAL = 89
 M.MAX_TRIES = 20
 
---- ``state`` keeps the hash and the rehash count between the tries of one request
---- (nil on the first try); returns the peer and the state to keep.
-function M.pick(up, addr, tried, state)
-  local hash, tries = M.INITIAL, 0
-  if state then
-    hash, tries = state.hash, state.tries
-  end
+--- ``hash`` and ``tries`` carry the hash and the rehash count between the tries of one request
+--- (nil on the first try); returns the peer, the hash and the count to keep (two numbers, not a
+--- table: nothing is allocated per request).
+function M.pick(up, addr, tried, hash, tries)
+  hash, tries = hash or M.INITIAL, tries or 0
   local peers = up.peers
   if tries > M.MAX_TRIES or #peers < 2 then
-    return wrr.pick(peers, tried), { hash = hash, tries = tries }
+    return wrr.pick(peers, tried), hash, tries
   end
   local len = #addr == 4 and 3 or #addr
   local byte = string.byte
@@ -36,11 +34,11 @@ function M.pick(up, addr, tried, state)
     end
     local peer = peers[p]
     if peer.usable and not (tried and tried[p]) then
-      return peer, { hash = hash, tries = tries }
+      return peer, hash, tries
     end
     tries = tries + 1
     if tries > M.MAX_TRIES then
-      return wrr.pick(peers, tried), { hash = hash, tries = tries }
+      return wrr.pick(peers, tried), hash, tries
     end
   end
 end

@@ -4,14 +4,16 @@
 --- Pure Lua.
 local M = {}
 
+--- Each candidate's count is kept on the peer (``lc``, nil for the others) for the tie break:
+--- no table per request.
 function M.pick(peers, tried, conns)
   local best, best_conns, many = nil, 0, false
-  local counts = {}
   for i = 1, #peers do
     local p = peers[i]
+    p.lc = nil
     if p.usable and not (tried and tried[i]) then
       local c = conns(p)
-      counts[i] = c
+      p.lc = c
       if best == nil or c * best.weight < best_conns * p.weight then
         best, best_conns, many = p, c, false
       elseif c * best.weight == best_conns * p.weight then
@@ -25,7 +27,7 @@ function M.pick(peers, tried, conns)
   local first, total = best, 0
   for i = first.index, #peers do
     local p = peers[i]
-    local c = counts[i]
+    local c = p.lc
     if c and c * first.weight == best_conns * p.weight then
       p.cw = p.cw + p.weight
       total = total + p.weight
