@@ -52,7 +52,9 @@ from clbagent.nginx.upstreams_channel import (  # noqa: E402
     http_directives,
     main_directives,
     render_data_file,
+    shared_dict_size,
     upstream_block,
+    upstreams_of,
 )
 from clbagent.validate import validate_documents  # noqa: E402
 
@@ -223,10 +225,11 @@ class Front:
 def without_metrics(conf: str, files: dict[str, str], prefix: str) -> str:
     """The compiled nginx.conf with the http-level Lua of ``count=False`` (the balancer's phases
     only), and every include file without its scope variable."""
-    size = re.search(r"lua_shared_dict clb_upstreams (\S+);", conf).group(1)
-    counted = lua_text(prefix, prefix, {}).http.replace("clb_upstreams 4m;", f"clb_upstreams {size};")
+    upstreams = upstreams_of(files)
+    counted = lua_text(prefix, prefix, upstreams).http
     assert counted in conf, "the compiled http-level Lua changed: update the benchmark"
-    bare = http_directives(Path(prefix) / DATA_DIR, size, count=False)
+    sticky = any(u.sticky for u in upstreams.values())
+    bare = http_directives(Path(prefix) / DATA_DIR, shared_dict_size(upstreams), count=False, sticky=sticky)
     for path in [p for p in files if p.startswith("conf.d/")]:
         files[path] = re.sub(rf"\n *set \${SCOPE_VAR} [^\n]*;", "", files[path])
     return conf.replace(counted, bare)
