@@ -60,8 +60,12 @@ def read_bounded(path: Path, limit: int, follow: bool = True) -> bytes:
             raise DocumentError("not a regular file", code=Code.INVALID_PARAMETER)
         if info.st_size > limit:
             raise DocumentError(f"larger than {limit} bytes")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)
+        chunks = [os.read(fd, min(info.st_size, limit) + 1)]  # all of a file that holds still
+        total = len(chunks[0])
+        while chunks[-1] and total <= limit:  # a file that grew since fstat
+            chunks.append(os.read(fd, min(1 << 16, limit + 1 - total)))
+            total += len(chunks[-1])
+        data = b"".join(chunks)
     finally:
         os.close(fd)
     if len(data) > limit:

@@ -27,30 +27,39 @@ class PrefixError(Exception):
     """The output directory cannot hold a prefix (not a directory, symlinked managed directory)."""
 
 
-def _same(path: Path, data: bytes) -> bool:
-    """Whether ``path`` is a regular file (not a symlink) holding exactly ``data``."""
+def _same(path: str, data: bytes, mode: int) -> bool:
+    """Whether ``path`` is a regular file (not a symlink) holding exactly ``data``; its mode is set
+    to ``mode`` if it is."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != len(data) or f.read(len(data) + 1) != data:
             return False
-        return f.read(len(data) + 1) == data
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)
+    return True
 
 
-def _write(path: Path, text: str, mode: int) -> bool:
+def _write(path: str, text: str, mode: int, present: bool) -> bool:
+    """Write ``text`` to ``path`` through a temporary file and a rename, unless it is there already
+    (``present``: the name was listed in its directory, so it is worth comparing)."""
     data = text.encode()
-    if _same(path, data):
-        if path.stat().st_mode & 0o777 != mode:
-            path.chmod(mode)
+    if present and _same(path, data, mode):
         return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".{name}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:  # left by an interrupted write
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, mode)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, mode)  # the umask may have narrowed it
         f.write(data)
-    os.chmod(tmp, mode)
     os.replace(tmp, path)
     return True
 
@@ -75,15 +84,25 @@ def write_prefix(cfg: NginxConfig, out: Path) -> list[str]:
         raise PrefixError(f"cannot create {out}: {exc.strerror}") from None
     for name, mode in (RUNTIME_DIRS | MANAGED_DIRS).items():
         _directory(out / name, mode)
+    listed = {name: _files(out / name) for name in MANAGED_DIRS}
+    root = str(out)
     changed = []
     for rel, text in cfg.files.items():
         mode = 0o644 if rel.startswith(READABLE) else 0o600
-        if _write(out / rel, text, mode):
+        folder, _, name = rel.rpartition("/")
+        present = name in listed[folder] if folder in listed else True
+        if _write(os.path.join(root, rel), text, mode, present):
             changed.append(rel)
-    for name in MANAGED_DIRS:
-        for path in sorted((out / name).iterdir()):
-            rel = f"{name}/{path.name}"
-            if rel not in cfg.files and (path.is_symlink() or path.is_file()):
-                path.unlink()
+    for folder, names in listed.items():
+        for name in sorted(names):
+            rel = f"{folder}/{name}"
+            if rel not in cfg.files:
+                os.unlink(os.path.join(root, rel))
                 changed.append(rel)
     return changed
+
+
+def _files(folder: Path) -> set[str]:
+    """Names of the regular files and symlinks in ``folder`` (subdirectories are left alone)."""
+    with os.scandir(folder) as entries:
+        return {e.name for e in entries if e.is_symlink() or e.is_file()}

@@ -51,11 +51,13 @@ class Obj(BaseModel):
 
 def annotate_paths(data: Any, path: str = "") -> Any:
     """Copy of a raw document where every mapping carries its own path under ``__path__``."""
-    if isinstance(data, dict):
-        out = {k: annotate_paths(v, f"{path}/{k}" if path else str(k)) for k, v in data.items() if k != PATH_KEY}
+    kind = type(data)
+    if kind is dict or isinstance(data, dict):
+        prefix = f"{path}/" if path else ""
+        out = {k: annotate_paths(v, f"{prefix}{k}") for k, v in data.items() if k != PATH_KEY}
         out[PATH_KEY] = path
         return out
-    if isinstance(data, list):
+    if kind is list or isinstance(data, list):
         return [annotate_paths(v, f"{path}[{i}]") for i, v in enumerate(data)]
     return data
 

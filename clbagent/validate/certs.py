@@ -24,7 +24,7 @@ _B64 = "[A-Za-z0-9+/=]"
 WELL_FORMED = re.compile(
     rf"(?:-----BEGIN ([A-Z ]{{1,40}})-----\n(?:{_B64}{{64}}\n)*{_B64}{{1,64}}\n-----END \1-----(?:\n(?=-)|\Z))+"
 )
-BLOCK_LABEL = re.compile(r"^-----BEGIN ([A-Z ]{1,40})-----$", re.MULTILINE)
+BLOCK_LABEL = re.compile(r"-----BEGIN ([A-Z ]{1,40})-----")  # in well-formed text, only at line starts
 
 
 def _blocks(lines: list[str]) -> tuple[list[tuple[str, list[str]]], bool]:
