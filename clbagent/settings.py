@@ -76,7 +76,7 @@ def load_yaml_model(model: type[M], path: Path, what: str, error: type[ValueErro
     """A pydantic model from a YAML file of at most 1 MiB; every problem (unreadable, not YAML, not
     a mapping, an unknown or invalid key) is ``error`` with one plain sentence naming the key."""
     try:
-        data = yaml.safe_load(path.read_bytes()[: 1 << 20]) or {}
+        data = yaml.load(path.read_bytes()[: 1 << 20], Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except (OSError, ValueError) as exc:
         raise error(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except yaml.YAMLError as exc:

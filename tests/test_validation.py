@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from clbagent import loader
 from clbagent.errors import Code
 from clbagent.model.syntax import parse_domain, parse_url
 from clbagent.personalized_config import parse_customized
@@ -525,3 +527,10 @@ def test_a_load_balancer_using_an_invalid_certificate_is_refused() -> None:
         (Code.INVALID_PARAMETER, "lb-t/Listeners[0]/Certificate/CertId")
     ]
     assert state.load_balancers() == {}
+
+
+def test_documents_are_parsed_by_libyaml() -> None:
+    """PyYAML's C parser reads every document (the pure-Python one is ten times slower): setup must
+    install a PyYAML built with libyaml."""
+    assert yaml.__with_libyaml__
+    assert loader.SafeLoader is yaml.CSafeLoader
