@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from clbagent.l7 import compile_nginx, write_prefix  # noqa: E402
 from clbagent.l7.compile import lua_text  # noqa: E402
 from clbagent.nginx.metrics_channel import SCOPE_VAR  # noqa: E402
-from clbagent.nginx.process import Nginx, check_config  # noqa: E402
+from clbagent.nginx.process import NGINX, Nginx, check_config  # noqa: E402
 from clbagent.nginx.upstreams_channel import (  # noqa: E402
     DATA_DIR,
     Member,
@@ -183,7 +183,7 @@ class Front:
     ``FRONT_CPU``). ``dynamic-nometrics`` is the dynamic prefix without the L7 metrics: the
     http-level Lua without the counting, and no scope variable set in the servers and locations."""
 
-    def __init__(self, work: Path, variant: str, vip: str, port: int, backends: Backends):
+    def __init__(self, work: Path, variant: str, vip: str, port: int, backends: Backends, serve: bool = True):
         self.variant, self.url, self.backends = variant, f"http://{vip}:{port}/", backends
         self.prefix = work / variant
         dynamic = variant != "static"
@@ -197,7 +197,55 @@ class Front:
             conf = without_metrics(conf, cfg.files, str(self.prefix))
         cfg.files["nginx.conf"] = conf
         write_prefix(cfg, self.prefix)
-        self.nginx = start(self.prefix)
+        self.nginx = Nginx(self.prefix)
+        if serve:
+            self.nginx = start(self.prefix)
+
+    def instructions(self, warm: int, seconds: int) -> tuple[float, int]:
+        """The worker's user-space instructions per request, counted by callgrind (nginx in one
+        process under valgrind, wrk for ``seconds`` after ``warm`` seconds): the figure a shared
+        host does not disturb. Kernel time (the sockets) is left out, so it overstates the share
+        of the Lua code. Returns it and the number of requests counted (access log lines)."""
+        out = self.prefix / "callgrind.out"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--smc-check=all-non-file"]
+        argv += [NGINX, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")]
+        proc = subprocess.Popen(
+            [*argv, "-g", "daemon off; master_process off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            self.follows_any(timeout=120)
+            self.load(warm)
+            subprocess.run(["callgrind_control", "--zero", str(proc.pid)], capture_output=True, check=True)
+            log = self.prefix / "logs" / "access.log"
+            before = log.read_bytes().count(b"\n")
+            self.load(seconds)
+            time.sleep(0.5)
+            requests = log.read_bytes().count(b"\n") - before
+            subprocess.run(["callgrind_control", "--dump", str(proc.pid)], capture_output=True, check=True)
+        finally:
+            proc.terminate()
+            proc.wait()
+        dumped = (self.prefix / "callgrind.out.1").read_text()  # the explicit dump: since the zeroing
+        total = int(re.search(r"^summary: (\d+)", dumped, re.M).group(1))
+        return total / requests, requests
+
+    def load(self, seconds: int) -> None:
+        subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", self.url], capture_output=True, check=True)
+
+    def follows_any(self, timeout: float) -> None:
+        """Wait until the front answers (slow to start under valgrind)."""
+        host, port = self.url.split("/")[2].split(":")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection(host, int(port), timeout=5)
+                conn.request("GET", "/")
+                conn.getresponse().read()
+                conn.close()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError("the front under valgrind never answered")
 
     def worker_cpu(self) -> float:
         (pid,) = self.nginx.workers()
@@ -270,6 +318,22 @@ def throughput(work: Path, seconds: int, rounds: int) -> None:
                 f"{v}/static = {statistics.median(ratios):.1%} median of {len(ratios)} rounds "
                 f"(quartiles {q1:.1%}-{q3:.1%}, range {ratios[0]:.1%}-{ratios[-1]:.1%}; goal >= 90%)"
             )
+
+
+def instructions(work: Path, warm: int, seconds: int) -> None:
+    """Each variant's nginx under callgrind in turn: user-space instructions per request."""
+    backends = Backends(work)
+    port = free_port(FRONT.format(1))
+    got = {}
+    try:
+        for i, v in enumerate(VARIANTS):
+            got[v] = Front(work, v, FRONT.format(i + 1), port, backends, serve=False).instructions(warm, seconds)
+    finally:
+        backends.close()
+    print(f"instructions per request of the nginx worker (callgrind, user space only, {seconds} s of wrk -c8 each):")
+    for v, (n, requests) in got.items():
+        ratio = "" if v == "static" else f"; static/{v} = {got['static'][0] / n:.1%}"
+        print(f"  {v:18} {n:,.0f} ({requests} requests){ratio}")
 
 
 class Bench:
@@ -370,7 +434,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--only", choices=("throughput", "change"), help="run one part only")
+    ap.add_argument("--only", choices=("throughput", "change", "instructions"), help="run one part only")
     ap.add_argument("--sizes", default="1,1000")
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
@@ -380,9 +444,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="clb-dynbench-"))
     work.chmod(0o755)
     try:
-        if args.only != "change":
+        if args.only in (None, "throughput"):
             throughput(work / "throughput", args.seconds, args.rounds)
-        for size in [int(x) for x in args.sizes.split(",")] if args.only != "throughput" else []:
+        if args.only in (None, "instructions"):
+            if shutil.which("valgrind"):
+                instructions(work / "instructions", 5, 10)
+            else:
+                print("instructions: valgrind is not installed (scripts/apt-packages-lua.txt)")
+        for size in [int(x) for x in args.sizes.split(",")] if args.only in (None, "change") else []:
             bench = Bench(work / f"n{size}", size)
             try:
                 change_times(bench, args.repeats)
