@@ -51,7 +51,7 @@ def document_files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def read_bounded(path: Path, limit: int, follow: bool = True) -> bytes:
+def read_bounded(path: Path | str, limit: int, follow: bool = True) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (a FIFO or device is refused, not read)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     try:
@@ -102,7 +102,9 @@ class _YamlBuilder:
     def run(self, text: str) -> list[Any] | None:
         """The documents, or None when they must be built by the full loader (bounds still hold)."""
         limit = self.settings.max_document_nodes
-        scalar_event, start_event, end_event = yaml.ScalarEvent, yaml.CollectionStartEvent, yaml.CollectionEndEvent
+        scalar_event, add, scalar = yaml.ScalarEvent, self.add, self.scalar
+        starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+        ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
         for event in yaml.parse(text, Loader=SafeLoader):
             kind = type(event)
             if kind is scalar_event:
@@ -111,10 +113,10 @@ class _YamlBuilder:
                     self.sizes[event.anchor] = 1
                     self.plain = False
                 if self.plain:
-                    self.add(self.scalar(event))
-            elif issubclass(kind, start_event):
+                    add(scalar(event))
+            elif kind in starts:
                 self.open(event)
-            elif issubclass(kind, end_event):
+            elif kind in ends:
                 self.close()
             elif kind is yaml.AliasEvent:
                 self.expanded += self.sizes.get(event.anchor or "", 1)
@@ -275,9 +277,7 @@ def _check_string(text: str, where: str, settings: Settings) -> None:
         raise DocumentError("a string holds a lone surrogate (not a character)", where, Code.FORMAT_ERROR) from None
 
 
-def read_cert_file(
-    name: str, doc_dir: Path, cert_dir: Path, limit: int, resolved: dict[Path, Path] | None = None
-) -> str:
+def read_cert_file(name: str, doc_dir: Path, cert_dir: Path, limit: int, resolved: dict[str, str] | None = None) -> str:
     """The text of a certificate or key file named in a document, read only from inside ``cert_dir``.
 
     The name is taken relative to the document's directory and resolved (symlinks included); it
@@ -286,15 +286,12 @@ def read_cert_file(
     answer whether or not it exists. ``resolved`` remembers resolved directories for the files of
     one load (thousands of certificates usually sit in one or two directories)."""
     memo = {} if resolved is None else resolved
-    root = _resolve_dir(cert_dir, memo)
-    outside = DocumentError(
-        f"must name a file inside the certificate directory {shown(root)}", code=Code.INVALID_PARAMETER
-    )
-    if "\0" in name:
-        raise outside
-    target = _resolve_name(_resolve_dir(doc_dir, memo), name, memo)
-    if not target.is_relative_to(root) or target == root:
-        raise outside
+    root = _real(os.fspath(cert_dir), memo)
+    target = "" if "\0" in name else _real_name(_real(os.fspath(doc_dir), memo), name, memo)
+    if not target.startswith(root.rstrip("/") + "/"):
+        raise DocumentError(
+            f"must name a file inside the certificate directory {shown(root)}", code=Code.INVALID_PARAMETER
+        )
     try:
         data = read_bounded(target, limit, follow=False)
     except OSError as exc:
@@ -307,26 +304,26 @@ def read_cert_file(
         raise DocumentError(f"{shown(name)} is not PEM text (ASCII)", code=Code.FORMAT_ERROR) from None
 
 
-def _resolve_dir(path: Path, memo: dict[Path, Path]) -> Path:
+def _real(path: str, memo: dict[str, str]) -> str:
     found = memo.get(path)
     if found is None:
-        found = memo[path] = path.resolve()
+        found = memo[path] = os.path.realpath(path)
     return found
 
 
-def _resolve_name(doc_dir: Path, name: str, memo: dict[Path, Path]) -> Path:
-    """``doc_dir / name`` resolved like ``Path.resolve``: the directory part through ``memo``, the
-    last part itself unless it is a symlink or a dot name (then the whole path is resolved)."""
-    full = doc_dir / name
-    last = full.name
-    if last in ("", ".", "..") or name.endswith(("/", "/.", "/..")):
-        return full.resolve()
-    target = _resolve_dir(full.parent, memo) / last
-    return full.resolve() if target.is_symlink() else target
+def _real_name(doc_dir: str, name: str, memo: dict[str, str]) -> str:
+    """``doc_dir/name`` resolved like ``os.path.realpath``: the directory part through ``memo``,
+    the last part itself unless it is a symlink or a dot name (then the whole path is resolved)."""
+    full = os.path.join(doc_dir, name)
+    head, last = os.path.split(full)
+    if last in ("", ".", ".."):
+        return os.path.realpath(full)
+    target = os.path.join(_real(head, memo), last)
+    return os.path.realpath(full) if os.path.islink(target) else target
 
 
 def read_cert_files(
-    raw: Any, doc_dir: Path, cert_dir: Path, source: str, settings: Settings, resolved: dict[Path, Path] | None = None
+    raw: Any, doc_dir: Path, cert_dir: Path, source: str, settings: Settings, resolved: dict[str, str] | None = None
 ) -> list[Issue]:
     """Fill ``CertContent``/``CertKey`` of a raw document from the files it names, inside ``cert_dir``."""
     issues: list[Issue] = []
@@ -356,7 +353,7 @@ def load(
     directory ``CertFile``/``CertKeyFile`` may be read from."""
     docs: list[tuple[str, Any]] = []
     issues: list[Issue] = []
-    resolved: dict[Path, Path] = {}
+    resolved: dict[str, str] = {}
     try:
         files = document_files(paths)
     except (OSError, ValueError) as exc:

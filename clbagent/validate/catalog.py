@@ -19,11 +19,15 @@ FILE_NAMES = {"cert_file", "cert_key_file"}  # the same content may be read from
 
 @dataclass
 class Definition:
-    """One definition of a shared object: which document, where in it, and its content."""
+    """One definition of a shared object: which document, where in it, and the object."""
 
     root: str
     path: str
-    content: Any
+    item: Any
+
+    def content(self) -> Any:
+        """What two definitions of one ID must agree on (dumped only for IDs defined twice)."""
+        return self.item.model_dump(exclude=FILE_NAMES)
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Catalog:
             for item in getattr(doc, table_name):
                 ident = getattr(item, key)
                 defs = self._seen.setdefault((kind, ident), [])
-                defs.append(Definition(root, item.path, item.model_dump(exclude=FILE_NAMES)))
+                defs.append(Definition(root, item.path, item))
                 if len(defs) == 1:
                     table[ident] = item
                     self.where[(kind, ident)] = root
@@ -57,7 +61,7 @@ class Catalog:
     def settle(self) -> dict[tuple[str, str], list[Definition]]:
         """Take every ID defined with different contents out of the catalog; returns them."""
         for (kind, ident), defs in self._seen.items():
-            if any(d.content != defs[0].content for d in defs[1:]):
+            if len(defs) > 1 and any(d.content() != defs[0].content() for d in defs[1:]):
                 self.conflicts[(kind, ident)] = defs
                 table_name = next(t for k, t, _ in KINDS if k == kind)
                 getattr(self, table_name).pop(ident, None)
