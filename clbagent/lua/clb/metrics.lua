@@ -64,22 +64,29 @@ local function last(value)
   return value
 end
 
---- The number of v[i..j], of its last try when it has several ("4.000, 0.003"); nil for "-" or
---- nothing. No loop: a loop in the log phase would keep LuaJIT from compiling it.
+--- The number of v[i..j]; nil for "-" or nothing.
 local function number(v, i, j)
+  return tonumber(sub(v, i, j))
+end
+
+--- The number of v[i..j], of its last try when it has several ("4.000, 0.003"). No loop: a
+--- loop in the log phase would keep LuaJIT from compiling it.
+local function last_number(v, i, j)
   return tonumber(last(sub(v, i, j)))
 end
 
---- Where the request variable's six fields end: the positions of its five "|" (plain searches,
---- compiled code). Its last field, $upstream_addr, holds no "|".
-local function bars(v)
-  local a = v and find(v, "|", 1, true)
+--- Where the request variable's fields end: the positions of its eight "|" after the scope's
+--- (plain searches, compiled code). Its last field, $upstream_addr, holds no "|".
+local function bars(v, s)
+  local f = find(v, "|", s + 1, true)
+  local g = f and find(v, "|", f + 1, true)
+  local a = g and find(v, "|", g + 1, true)
   local b = a and find(v, "|", a + 1, true)
   local c = b and find(v, "|", b + 1, true)
   local d = c and find(v, "|", c + 1, true)
   local e = d and find(v, "|", d + 1, true)
   if e then
-    return a, b, c, d, e
+    return f, g, a, b, c, d, e
   end
 end
 
@@ -168,27 +175,30 @@ function M.start()
   end
 end
 
---- log_by_lua: count the request in the scope its location set in variable ``scope_var``;
---- ``request_var`` holds, in one read, "$connection_requests|$request_length|$bytes_sent|
+--- log_by_lua: count the request in its scope and its member. ``request_var`` holds, in one read,
+--- "$<scope variable>|$status|$request_time|$connection_requests|$request_length|$bytes_sent|
 --- $upstream_response_time|$upstream_header_time|$upstream_addr" (clbagent/nginx/metrics_channel.py):
---- every ngx.var read costs a lookup by name, so the log phase reads two variables.
-function M.log(scope_var, request_var)
-  local var = ngx.var
-  local scope = var[scope_var]
-  if not scope or scope == "" then
+--- amid a request's other work every call from Lua into nginx (an ngx.var read, ngx.status,
+--- ngx.now) costs about a microsecond, while nginx writes those numbers into one string for a
+--- fraction of that, so the log phase makes one such call. The scope (configuration IDs, the domain
+--- percent-encoded) holds no "|".
+function M.log(request_var)
+  local v = ngx.var[request_var]
+  local s = v and find(v, "|", 1, true)
+  if not s or s == 1 then -- no scope: a server or location that is not counted
     return
   end
+  local f, g, a, b, c, d, e = bars(v, s)
+  if not e then -- not the variable the compiler writes
+    return
+  end
+  local scope = sub(v, 1, s - 1)
   local counts = scopes[scope]
   if not counts then
     counts = zeros(NFIELDS)
     scopes[scope] = counts
   end
-  local v = var[request_var]
-  local a, b, c, d, e = bars(v)
-  if not e then -- no such variable: count the request and its time only
-    v, a, b, c, d, e = "|||||", 1, 2, 3, 4, 5
-  end
-  local status = ngx.status
+  local status = number(v, s + 1, f - 1) or 0
   local class = status >= 100 and status < 600 and (status - status % 100) / 100 or 4 -- 0: no response
   -- the backend answered when the last try's $upstream_header_time is a time, not "-"
   local backend = e > d + 1 and byte(v, e - 1) ~= 45
@@ -210,15 +220,15 @@ function M.log(scope_var, request_var)
   local bytes_in, bytes_out = number(v, a + 1, b - 1) or 0, number(v, b + 1, c - 1) or 0
   counts[BYTES_IN] = counts[BYTES_IN] + bytes_in
   counts[BYTES_OUT] = counts[BYTES_OUT] + bytes_out
-  if a == 2 and byte(v, 1) == 49 then -- $connection_requests is 1
+  if a == g + 2 and byte(v, g + 1) == 49 then -- $connection_requests is 1
     counts[NEW_CONNS] = counts[NEW_CONNS] + 1
   end
-  local rt = ngx.now() - ngx.req.start_time() -- $request_time, without reading a variable
+  local rt = number(v, f + 1, g - 1) or 0
   counts[RT_SUM] = counts[RT_SUM] + rt
   local i = RT_BUCKET + bucket(rt)
   counts[i] = counts[i] + 1
 
-  local ut = number(v, c + 1, d - 1)
+  local ut = last_number(v, c + 1, d - 1)
   local addr
   if ut then
     counts[UT_SUM] = counts[UT_SUM] + ut

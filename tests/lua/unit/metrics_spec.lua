@@ -1,6 +1,6 @@
 --- clb.metrics with a stand-in for ngx: what one request adds, and the flush into the shared dict.
 
-local SCOPE_VAR, REQUEST_VAR = "clb_scope_test", "clb_request_test"
+local REQUEST_VAR = "clb_request_test"
 local S = "lb-1/lbl-1/loc-1/www.example.com"
 
 --- ngx.shared.DICT for the calls the module makes (safe_set and add refuse a new key when full).
@@ -75,13 +75,7 @@ end
 local function fresh(capacity)
   _G.ngx = {
     var = {},
-    status = 200,
     shared = { clb_metrics = dict(capacity) },
-    req = {
-      start_time = function()
-        return 1000
-      end,
-    },
     timer = {
       every = function()
         return true
@@ -97,20 +91,15 @@ local function fresh(capacity)
 end
 
 local function request(m, status, vars)
-  ngx.status = status
   ngx.var = vars
-  local seconds = tonumber(vars.request_time or "0") -- what nginx would log as $request_time
-  ngx.now = function()
-    return 1000 + seconds
-  end
-  vars[SCOPE_VAR] = vars[SCOPE_VAR] == nil and S or vars[SCOPE_VAR]
-  local parts = {}
-  for i, name in ipairs({ "connection_requests", "request_length", "bytes_sent", "upstream_response_time",
-    "upstream_header_time", "upstream_addr" }) do
-    parts[i] = vars[name] or ""
+  local parts = { vars.scope == nil and S or vars.scope }
+  vars.status = tostring(status)
+  for _, name in ipairs({ "status", "request_time", "connection_requests", "request_length", "bytes_sent",
+    "upstream_response_time", "upstream_header_time", "upstream_addr" }) do
+    parts[#parts + 1] = vars[name] or ""
   end
   vars[REQUEST_VAR] = table.concat(parts, "|") -- what the map of clbagent/nginx/metrics_channel.py gives
-  m.log(SCOPE_VAR, REQUEST_VAR)
+  m.log(REQUEST_VAR)
 end
 
 local BACKEND_200 = function()
@@ -182,7 +171,11 @@ describe("clb.metrics", function()
 
   it("counts nothing without a scope", function()
     local m, data = fresh()
-    request(m, 200, { [SCOPE_VAR] = "" })
+    request(m, 200, { scope = "" })
+    ngx.var = {} -- a server without the variable
+    m.log(REQUEST_VAR)
+    ngx.var = { [REQUEST_VAR] = S .. "|1|2" } -- not the variable the compiler writes
+    m.log(REQUEST_VAR)
     m.flush()
     assert.same({}, data)
   end)
