@@ -145,3 +145,28 @@ def test_alibaba_issues_are_reported_once_each() -> None:
     paths = [i.path for i in issues if i.severity == "error"]
     assert sorted(paths) == sorted(set(paths))
     assert {"alibaba/StickySession", "alibaba/HealthCheck", "alibaba/IdleTimeout"} <= set(paths)
+
+
+@pytest.mark.parametrize(
+    "param,value,field,served",
+    [
+        ("HealthCheckInterval", "2", "IntervalTime", 5),
+        ("CookieTimeout", "86400", "SessionExpireTime", 3600),
+        ("CookieTimeout", "10", "SessionExpireTime", 30),
+    ],
+)
+def test_alibaba_values_outside_what_is_served_are_clamped_with_a_warning(
+    param: str, value: str, field: str, served: int
+) -> None:
+    """Alibaba accepts intervals of 1-50 s and cookies of 1-86400 s: the import keeps the document,
+    serves the nearest value and says so."""
+    from clbagent.importers.alibaba import Context, convert, parse_request
+
+    params = parse_request((FIXTURES / "alibaba" / "sample-request.txt").read_text())
+    params[param] = value
+    doc, issues = convert(params, Context(vips=["127.0.30.1"], backends=[("127.0.31.1", None, 10)]))
+    assert doc is not None
+    rule = doc["Listeners"][0]["Rules"][0]
+    assert (rule["HealthCheck"] if field == "IntervalTime" else rule)[field] == served
+    (warning,) = [i for i in issues if i.path == f"alibaba/{param}"]
+    assert warning.severity == "warning" and str(served) in warning.message

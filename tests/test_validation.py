@@ -91,6 +91,30 @@ def test_tcp_and_udp_may_share_a_port_but_nothing_else() -> None:
     assert issues_of(doc) == [(Code.PORT_CHECK_FAILED, "lb-t/Listeners[2]/Port")]
 
 
+@pytest.mark.parametrize("first,second", [("UDP", "HTTP"), ("HTTPS", "UDP"), ("UDP", "UDP"), ("TCP", "TCP")])
+def test_udp_shares_a_port_with_tcp_only(first: str, second: str) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["Listeners"] = [{"Protocol": first, "Port": 9000}, {"Protocol": second, "Port": 9000}]
+    found = issues_of(doc)
+    assert (Code.PORT_CHECK_FAILED, "lb-t/Listeners[1]/Port") in found
+
+
+@pytest.mark.parametrize("field,value", [("Port", 0), ("Port", 65536), ("EndPort", 70000)])
+def test_listener_port_out_of_range_is_a_port_check_failure(field: str, value: int) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["Listeners"] = [{"Protocol": "TCP", "Port": 9000, field: value}]
+    assert issues_of(doc) == [(Code.PORT_CHECK_FAILED, f"lb-t/Listeners[0]/{field}")]
+
+
+def test_custom_check_payload_needs_check_type_custom() -> None:
+    doc = copy.deepcopy(BASE)
+    check = {"ContextType": "TEXT", "SendContext": "ping", "RecvContext": "pong"}
+    doc["Listeners"] = [{"Protocol": "UDP", "Port": 53, "HealthCheck": check}]
+    assert issues_of(doc) == [(Code.MISSING_PARAMETER, "lb-t/Listeners[0]/HealthCheck/CheckType")]
+    check["CheckType"] = "CUSTOM"
+    assert issues_of(doc) == []
+
+
 @pytest.mark.parametrize(
     "domain,kind",
     [
@@ -339,7 +363,7 @@ def test_redirect_graph_rules() -> None:
     ]
     assert issues_of(doc) == [(Code.INVALID_PARAMETER, "lb-t/Rewrites[0]/SourceDomain")]
     doc["Rewrites"][0]["RewriteCode"] = 303
-    assert (Code.INVALID_VALUE, "lb-t/Rewrites[0]/RewriteCode") in issues_of(doc)
+    assert (Code.RANGE, "lb-t/Rewrites[0]/RewriteCode") in issues_of(doc)
 
 
 def test_auto_rewrite_needs_https_443_and_a_free_port_80() -> None:
@@ -534,3 +558,35 @@ def test_documents_are_parsed_by_libyaml() -> None:
     install a PyYAML built with libyaml."""
     assert yaml.__with_libyaml__
     assert loader.SafeLoader is yaml.CSafeLoader
+
+
+def test_v2_health_fields_written_flat_on_listeners_and_rules() -> None:
+    """V2 carries health-check fields beside the listener's or rule's own fields."""
+    doc = copy.deepcopy(BASE)
+    doc["Listeners"][0]["Rules"][0].update(httpCheckPath="/hc", healthNum=3, httpCode=2)
+    doc["Listeners"].append({"listenerId": "lbl-t", "protocol": 2, "loadBalancerPort": 81, "intervalTime": 10})
+    state = validate_documents([("doc", doc)], Settings())
+    assert state.issues == []
+    (lb,) = state.load_balancers().values()
+    rule_check = lb.listeners[0].rules[0].health_check
+    assert (rule_check.http_check_path, rule_check.health_num, rule_check.http_code) == ("/hc", 3, 2)
+    assert lb.listeners[1].health_check.interval_time == 10
+    doc["Listeners"][1]["timeOut"] = 200
+    assert issues_of(doc) == [(Code.RANGE, "lb-t/Listeners[1]/HealthCheck/TimeOut")]
+
+
+def test_describe_output_fields_are_accepted_and_dropped() -> None:
+    """A control plane may pass its Describe* objects over unchanged: times, states and names the
+    data plane does not use are accepted; a target group (which the document cannot carry) is not."""
+    doc = copy.deepcopy(BASE)
+    doc.update(Status=1, CreateTime="2024-01-01 00:00:00", VpcId="vpc-1", Tags=[], Forward=1)
+    listener = doc["Listeners"][0]
+    listener.update(CreateTime="2024-01-01 00:00:00", TargetType="NODE", SessionType="NORMAL", Toa=False)
+    listener["Rules"][0].update(BeAutoCreated=False, ListenerId="lbl-h", QuicStatus="", TargetType="NODE")
+    listener["Rules"][0]["Targets"][0].update(InstanceName="web-1", RegisteredTime="2024", PublicIpAddresses=[])
+    doc["Listeners"].append(
+        {"Protocol": "HTTPS", "Port": 443, "SniSwitch": "ON", "Rules": []},
+    )
+    assert issues_of(doc) == []
+    listener["TargetType"] = "TARGETGROUP"
+    assert issues_of(doc) == [(Code.UNSUPPORTED_OPERATION, "lb-t/Listeners[0]/TargetType")]

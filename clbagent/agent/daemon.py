@@ -300,6 +300,7 @@ class Agent:
                 "documents": str(self.config.documents),
                 **({} if isinstance(self.source, FileSource) else {"etcd": self.source.describe()}),
                 "applying": self._applying,
+                "task_status": 2 if self._applying or self._dirty.is_set() else last.task_status if last else 0,
                 "last_apply": None
                 if last is None
                 else {

@@ -68,6 +68,12 @@ class ApplyReport:
     def ok(self) -> bool:
         return self.result in ("applied", "nothing to do")
 
+    @property
+    def task_status(self) -> int:
+        """The product's task status of a finished apply: 0 success, 1 failure (2, in progress,
+        is reported by the running agent while an apply is queued or running)."""
+        return 0 if self.ok else 1
+
 
 @dataclass
 class Compiled:
@@ -588,6 +594,7 @@ class Engine:
                 "generation": generation if changed else old.get("generation", generation),
                 "applied_at": now if changed else old.get("applied_at", now),
                 "result": "quarantined" if errors else "applied",
+                "task_status": 1 if errors else 0,
                 "errors": errors,
             }
         self.good = GoodState(generation, dict(sorted(served.items())), status)

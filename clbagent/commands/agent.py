@@ -164,6 +164,7 @@ def _summary(report: Any) -> str:
 def _report_dict(report: Any) -> dict[str, Any]:
     return {
         "result": report.result,
+        "task_status": report.task_status,
         "generation": report.generation,
         "changed": report.changed,
         "error": report.error or None,
@@ -226,6 +227,8 @@ def format_status(status: dict[str, Any]) -> str:
         "ipvs      " + (f"{ipvs['services']} services" if ipvs["available"] else f"unavailable: {ipvs['error']}"),
     ]
     last = agent.get("last_apply")
+    if agent.get("task_status") == 2:
+        lines.append("apply     in progress")
     if last:
         lines.append(f"last      {last['result']}" + (f": {last['error']}" if last.get("error") else ""))
     lines.append("")

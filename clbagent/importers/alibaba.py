@@ -242,6 +242,15 @@ def _check_acl(a: _Params, ctx: Context) -> None:
         a.err("AclId", Code.ALI_IP_VERSION_CONFLICT, f"ACL {acl_id} and the load balancer differ in IP version")
 
 
+def _checked_int(a: _Params, name: str, low: int, high: int) -> int | None:
+    """A parameter already range-checked by ``_check_request``: its value, or None if it was refused."""
+    value = a.text(name)
+    if value is None or not (value.isascii() and value.strip().lstrip("+-").isdigit()):
+        return None
+    n = int(value)
+    return n if low <= n <= high else None
+
+
 def _health_check(a: _Params) -> dict[str, Any]:
     if not a.on("HealthCheck"):
         return {"HealthSwitch": 0}
@@ -251,7 +260,6 @@ def _health_check(a: _Params) -> dict[str, Any]:
         "HealthCheckURI": "HttpCheckPath",
         "HealthyThreshold": "HealthNum",
         "UnhealthyThreshold": "UnHealthNum",
-        "HealthCheckInterval": "IntervalTime",
         "HealthCheckConnectPort": "CheckPort",
     }
     for src, dst in simple.items():
@@ -263,6 +271,16 @@ def _health_check(a: _Params) -> dict[str, Any]:
         hc["HttpCheckMethod"] = a.text("HealthCheckMethod").upper()  # type: ignore[union-attr]
     if a.text("HealthCheckHttpCode"):
         hc["HttpCode"] = a.text("HealthCheckHttpCode")
+    interval = _checked_int(a, "HealthCheckInterval", 1, 50)
+    if interval is not None:
+        hc["IntervalTime"] = max(interval, 5)
+        if interval < 5:
+            a.err(
+                "HealthCheckInterval",
+                Code.RANGE,
+                f"HealthCheckInterval {interval} is under the 5 s this product probes at; 5 s is used",
+                "warning",
+            )
     timeout = a.integer("HealthCheckTimeout", 1, 300)
     if timeout is not None:
         if 2 <= timeout <= 60:
@@ -307,13 +325,14 @@ def _rule(a: _Params, ctx: Context, lb_id: str) -> dict[str, Any]:
         rule["Scheduler"] = SCHEDULERS[scheduler]
     if a.on("StickySession"):
         if a.text("StickySessionType") == "insert" and (timeout := a.integer("CookieTimeout", 1, 86400)):
-            if 30 <= timeout <= 3600:
-                rule["SessionExpireTime"] = timeout
-            else:
+            rule["SessionExpireTime"] = min(max(timeout, 30), 3600)
+            if rule["SessionExpireTime"] != timeout:
                 a.err(
                     "CookieTimeout",
                     Code.RANGE,
-                    f"CookieTimeout {timeout} cannot be served: inserted-cookie persistence lasts 30-3600 s here",
+                    f"CookieTimeout {timeout} is outside the 30-3600 s inserted-cookie persistence lasts here; "
+                    f"{rule['SessionExpireTime']} s is used",
+                    "warning",
                 )
         elif a.text("StickySessionType") == "server" and a.text("Cookie"):
             rule["SessionCookieName"] = a.text("Cookie")
@@ -378,7 +397,8 @@ def convert(params: dict[str, str], ctx: Context) -> tuple[dict[str, Any] | None
             listener[name] = value
     doc = ctx.existing if ctx.existing is not None else {"LoadBalancerId": lb_id, "LoadBalancerVips": ctx.vips}
     for other in doc.get("Listeners") or []:
-        if isinstance(other, dict) and other.get("Port") == listener_port and other.get("Protocol") != "UDP":
+        # an HTTPS listener shares its port with no other listener, a UDP one included
+        if isinstance(other, dict) and str(other.get("Port")) == str(listener_port):
             a.err("ListenerPort", Code.ALI_PORT_CONFLICT, f"port {listener_port} is already used by a listener")
     a.err(
         "ListenerStatus",

@@ -149,11 +149,12 @@ def target_key(lb_id: str, listener_id: str, endpoint: str) -> str:
 def _apply_down(
     dests: list[Destination], down: frozenset[str], protocol: Protocol
 ) -> tuple[list[Destination], list[Destination]]:
-    """(destinations, evicted) with health applied. Unless every target is down
-    (all-dead-all-alive: then none is), a dead TCP target stays at weight 0, so that its
+    """(destinations, evicted) with health applied. Unless every target that takes traffic
+    (weight > 0) is down (all-dead-all-alive: then none is, as on L7), a dead TCP target stays at weight 0, so that its
     established connections carry on while no new one is scheduled to it, and a dead UDP target is
     evicted: an existing UDP flow only moves once its destination is gone from the kernel."""
-    if not dests or all(d.target in down for d in dests):
+    serving = [d for d in dests if d.weight > 0]
+    if not serving or all(d.target in down for d in serving):
         return dests, []
     if protocol == "udp":
         return [d for d in dests if d.target not in down], [d for d in dests if d.target in down]

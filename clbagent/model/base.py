@@ -18,7 +18,10 @@ PATH_KEY = "__path__"
 
 
 class Obj(BaseModel):
-    """A document object. ``V2_KEYS`` maps V2 API spellings to the V3 field alias.
+    """A document object. ``V2_KEYS`` maps V2 API spellings to the V3 field alias; ``OUTPUT_ONLY``
+    names the fields the product's Describe* output adds (times, states, billing, names of
+    things the data plane does not use), accepted and dropped so that a control plane can pass
+    its objects over unchanged.
 
     A document that spells ``doc_path_`` itself is refused as an unknown field: every mapping
     carries ``__path__``, which takes the field."""
@@ -26,13 +29,18 @@ class Obj(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=False)
 
     V2_KEYS: ClassVar[dict[str, str]] = {}
+    OUTPUT_ONLY: ClassVar[frozenset[str]] = frozenset()
     doc_path_: SkipJsonSchema[str] = Field("", alias=PATH_KEY, exclude=True, repr=False)
 
     @model_validator(mode="before")
     @classmethod
     def _v2_keys(cls, data: Any) -> Any:
-        keys = cls.V2_KEYS
-        if keys and isinstance(data, dict) and not keys.keys().isdisjoint(data):
+        if not isinstance(data, dict):
+            return data
+        keys, dropped = cls.V2_KEYS, cls.OUTPUT_ONLY
+        if dropped and not dropped.isdisjoint(data):
+            data = {k: v for k, v in data.items() if k not in dropped}
+        if keys and not keys.keys().isdisjoint(data):
             data = dict(data)
             for old, new in keys.items():
                 if old in data and new not in data:

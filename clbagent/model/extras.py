@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from clbagent.model.base import Obj
-from clbagent.model.types import Ident, Network
+from clbagent.model.types import Ident, Network, RedirectCode
 
 
 class RewriteLocationMap(Obj):
@@ -17,7 +17,7 @@ class RewriteLocationMap(Obj):
 
     source_location_id: Ident = Field(alias="SourceLocationId")
     target_location_id: Ident = Field(alias="TargetLocationId")
-    rewrite_code: Literal[301, 302, 307] | None = Field(None, alias="RewriteCode")
+    rewrite_code: RedirectCode | None = Field(None, alias="RewriteCode")
     take_url: bool | None = Field(None, alias="TakeUrl")
     source_domain: str | None = Field(None, alias="SourceDomain", max_length=255)
 
@@ -27,7 +27,7 @@ class AutoRewrite(Obj):
 
     listener_id: Ident = Field(alias="ListenerId")
     domains: list[str] | None = Field(None, alias="Domains", description="default: every domain")
-    rewrite_codes: list[Literal[301, 302, 307]] | None = Field(None, alias="RewriteCodes")
+    rewrite_codes: list[RedirectCode] | None = Field(None, alias="RewriteCodes")
     take_urls: list[bool] | None = Field(None, alias="TakeUrls")
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from clbagent.errors import Code
-from clbagent.model.base import Obj
+from clbagent.model.base import PATH_KEY, Obj
 from clbagent.model.syntax import (
     check_health_domain,
     check_health_path,
@@ -87,3 +87,27 @@ class HealthCheck(Obj):
     @property
     def enabled(self) -> bool:
         return self.health_switch == 1
+
+
+class WithHealthCheck(Obj):
+    """An object with a ``HealthCheck`` (listeners and rules). V2 carries the health-check fields
+    flat (``healthNum: 3`` beside ``listenerId``); they are moved into the V3 ``HealthCheck``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_health(cls, data: Any) -> Any:
+        return _lift_flat_health(data)
+
+
+def _lift_flat_health(data: Any) -> Any:
+    if not isinstance(data, dict) or HealthCheck.V2_KEYS.keys().isdisjoint(data):
+        return data
+    nested = data.get("HealthCheck")
+    if nested is not None and not isinstance(nested, dict):
+        return data  # the HealthCheck's own type error is reported
+    data = dict(data)
+    check = dict(nested or {PATH_KEY: f"{data.get(PATH_KEY, '')}/HealthCheck"})
+    for key in HealthCheck.V2_KEYS.keys() & data.keys():
+        check[key] = data.pop(key)
+    data["HealthCheck"] = check
+    return data

@@ -7,27 +7,28 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
-from clbagent.model.base import Obj
 from clbagent.model.certificate import CertificateInput
-from clbagent.model.health import HealthCheck
+from clbagent.model.health import HealthCheck, WithHealthCheck
 from clbagent.model.syntax import Domain, Url, parse_domain, parse_url, settings_of
 from clbagent.model.target import Target
 from clbagent.model.types import (
     L4_PROTOCOLS,
     ForwardType,
     Ident,
-    Port,
+    ListenerEndPort,
+    ListenerPort,
     Protocol,
     Scheduler,
     SessionExpire,
     Switch,
+    TargetType,
     _lower_enum,
 )
 
 OnOff = Annotated[Literal["on", "off"], BeforeValidator(_lower_enum)]
 
 
-class Rule(Obj):
+class Rule(WithHealthCheck):
     """A forwarding rule of an HTTP/HTTPS listener: domain + URL with its own targets."""
 
     V2_KEYS = {
@@ -37,6 +38,9 @@ class Rule(Obj):
         "sessionExpire": "SessionExpireTime",
         "httpHash": "Scheduler",
     }
+    OUTPUT_ONLY = frozenset(
+        {"ListenerId", "RewriteTarget", "BeAutoCreated", "CreateTime", "TargetGroup", "WafDomainId", "QuicStatus"}
+    )
 
     location_id: Ident | None = Field(None, alias="LocationId", description="default: derived from Domain+Url")
     domain: str = Field(alias="Domain")
@@ -54,6 +58,7 @@ class Rule(Obj):
     health_check: HealthCheck = Field(default_factory=HealthCheck, alias="HealthCheck")
     certificate: CertificateInput | None = Field(None, alias="Certificate")
     forward_type: ForwardType = Field("HTTP", alias="ForwardType")
+    target_type: TargetType | None = Field(None, alias="TargetType", description="NODE only")
     trpc_callee: str | None = Field(None, alias="TrpcCallee", max_length=200)
     trpc_func: str | None = Field(None, alias="TrpcFunc", max_length=200)
     http_gzip: bool = Field(True, alias="HttpGzip")
@@ -88,7 +93,7 @@ class Rule(Obj):
         return f"loc-{digest}"
 
 
-class Listener(Obj):
+class Listener(WithHealthCheck):
     """A listener. L4 listeners carry targets and a health check; L7 listeners carry rules."""
 
     V2_KEYS = {
@@ -99,12 +104,14 @@ class Listener(Obj):
         "sessionExpire": "SessionExpireTime",
         "scheduler": "Scheduler",
     }
+    OUTPUT_ONLY = frozenset({"CreateTime", "TargetGroup", "SessionType", "Toa"})
 
     listener_id: Ident | None = Field(None, alias="ListenerId", description="default: lbl-<protocol>-<port>")
     listener_name: str | None = Field(None, alias="ListenerName", max_length=255)
+    target_type: TargetType | None = Field(None, alias="TargetType", description="NODE only")
     protocol: Protocol = Field(alias="Protocol")
-    port: Port = Field(alias="Port")
-    end_port: int = Field(0, alias="EndPort", ge=0, le=65535, description="0 = single port")
+    port: ListenerPort = Field(alias="Port")
+    end_port: ListenerEndPort = Field(0, alias="EndPort", description="0 = single port")
     scheduler: Scheduler | None = Field(None, alias="Scheduler", description="L4: WRR | LEAST_CONN")
     session_expire_time: SessionExpire | None = Field(None, alias="SessionExpireTime")
     sni_switch: Switch | None = Field(None, alias="SniSwitch")

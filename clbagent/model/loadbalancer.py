@@ -39,6 +39,18 @@ class LoadBalancer(SharedObjects):
     """One CLB instance: the unit of validation, rendering and quarantine."""
 
     V2_KEYS = {"loadBalancerId": "LoadBalancerId", "loadBalancerName": "LoadBalancerName"}
+    OUTPUT_ONLY = frozenset(
+        {
+            "Forward", "Domain", "Status", "CreateTime", "StatusTime", "ProjectId", "VpcId",
+            "NumericalVpcId", "OpenBgp", "Snat", "Isolation", "IsolatedTime", "Log", "SubnetId",
+            "Tags", "SecureGroups", "TargetRegionInfo", "AnycastZone", "VipIsp", "VipIspId",
+            "VipIspName", "VipIspAlias", "MasterZone", "BackupZoneSet", "ExpireTime", "ChargeType",
+            "NetworkAttributes", "PrepaidAttributes", "LogSetId", "LogTopicId", "ExtraInfo", "IsDDos",
+            "ExclusiveCluster", "SlaType", "IsBlock", "IsBlockTime", "AttributeFlags", "TgwSetLabels",
+            "StgwSetLabels", "Zones", "NfvInfo", "HealthLogSetId", "HealthLogTopicId", "LocalBgp",
+            "ClusterTag",
+        }
+    )  # fmt: skip
 
     load_balancer_id: Ident = Field(alias="LoadBalancerId")
     load_balancer_name: str | None = Field(None, alias="LoadBalancerName")

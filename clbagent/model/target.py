@@ -18,6 +18,7 @@ class Target(Obj):
     """
 
     V2_KEYS = {"instanceId": "InstanceId", "port": "Port", "weight": "Weight", "eniIp": "EniIp"}
+    OUTPUT_ONLY = frozenset({"InstanceName", "PublicIpAddresses", "RegisteredTime", "EniId"})
 
     type: str | None = Field(None, alias="Type", description="CVM | ENI | BMS; ignored as input (T10091)")
     instance_id: str | None = Field(None, alias="InstanceId", max_length=64)

@@ -11,8 +11,52 @@ from clbagent.errors import Code
 from clbagent.model.syntax import fail
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _listener_port(low: int) -> AfterValidator:
+    """A listener's port out of range is a port check failure in the product, not a range error."""
+
+    def check(value: int) -> int:
+        if not low <= value <= 65535:
+            raise fail(Code.PORT_CHECK_FAILED, "listener port must be {low}-65535 (got {value})", low=low, value=value)
+        return value
+
+    return AfterValidator(check)
+
+
+ListenerPort = Annotated[int, _listener_port(1)]
+
+
+def _redirect_code(value: int) -> int:
+    if value not in (301, 302, 307):
+        raise fail(Code.RANGE, "a redirect code is 301, 302 or 307 (got {value})", value=value)
+    return value
+
+
+RedirectCode = Annotated[int, AfterValidator(_redirect_code)]
+ListenerEndPort = Annotated[int, _listener_port(0)]
 Weight = Annotated[int, Field(ge=0, le=100)]
-Switch = Annotated[int, Field(ge=0, le=1)]
+
+
+def _on_off(value: Any) -> Any:
+    """Some Describe* outputs spell a switch ``ON``/``OFF`` (SniSwitch in ListenerAttribute)."""
+    if isinstance(value, str) and value.lower() in ("on", "off"):
+        return int(value.lower() == "on")
+    return value
+
+
+def _nodes_only(value: str) -> str:
+    if value.upper() != "NODE":
+        raise fail(
+            Code.UNSUPPORTED_OPERATION,
+            "only NODE targets (addresses in the document) are served, not {value}",
+            value=value[:40],
+        )
+    return value.upper()
+
+
+Switch = Annotated[int, BeforeValidator(_on_off), Field(ge=0, le=1)]
+TargetType = Annotated[str, AfterValidator(_nodes_only)]
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 PROTOCOL_V2 = {1: "HTTP", 2: "TCP", 3: "UDP", 4: "HTTPS"}

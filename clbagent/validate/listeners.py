@@ -25,8 +25,15 @@ class Findings:
 
 
 def port_family(protocol: str) -> str:
-    """TCP and UDP may share a port; TCP_SSL counts as TCP; HTTP/HTTPS are TCP too."""
+    """The kernel's port space a listener binds in: UDP, or TCP (HTTP, HTTPS and TCP_SSL included).
+    Load balancers sharing a VIP conflict only within one family."""
     return "udp" if protocol == "UDP" else "tcp"
+
+
+def may_share_port(a: str, b: str) -> bool:
+    """Two listeners may share a port only as a TCP and a UDP listener (HTTP, HTTPS and TCP_SSL
+    conflict with UDP too, as the product documents)."""
+    return {a, b} == {"TCP", "UDP"}
 
 
 def check_listeners(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
@@ -49,7 +56,7 @@ def check_listeners(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
 
 def _check_ports(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
     """Port ranges are compared as intervals: a range listener costs the same as a single port."""
-    taken: dict[str, list[tuple[int, int, Listener]]] = defaultdict(list)
+    taken: list[tuple[int, int, Listener]] = []
     for lis in lb.listeners:
         if lis.end_port:
             if lis.protocol not in ("TCP", "UDP"):
@@ -62,8 +69,14 @@ def _check_ports(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
             reserved = sorted(p for p in settings.reserved_ports if lis.port <= p <= end)
             if reserved:
                 f.add(lis.at("Port"), Code.PORT_CHECK_FAILED, f"port {reserved[0]} is reserved by the system")
-        spans = taken[port_family(lis.protocol)]
-        other = next(((lo, o) for lo, hi, o in spans if lo <= end and lis.port <= hi), None)
+        other = next(
+            (
+                (lo, o)
+                for lo, hi, o in taken
+                if lo <= end and lis.port <= hi and not may_share_port(lis.protocol, o.protocol)
+            ),
+            None,
+        )
         if other is not None:
             port, o = max(other[0], lis.port), other[1]
             f.add(
@@ -73,7 +86,7 @@ def _check_ports(lb: LoadBalancer, settings: Settings, f: Findings) -> None:
                 "only a TCP and a UDP listener may share a port",
             )
             continue
-        spans.append((lis.port, end, lis))
+        taken.append((lis.port, end, lis))
 
 
 def _check_acl_ref(lis: Listener, f: Findings) -> None:
@@ -165,17 +178,16 @@ def _check_l4_health(lis: Listener, hc: HealthCheck, f: Findings) -> None:
     kind = hc.check_type
     if lis.protocol == "UDP" and kind not in (None, "CUSTOM"):
         f.add(at("CheckType"), Code.INVALID_VALUE, "a UDP listener supports only the CUSTOM check type")
+    custom_fields = {"ContextType": hc.context_type, "SendContext": hc.send_context, "RecvContext": hc.recv_context}
+    if kind is None and any(v is not None for v in custom_fields.values()):
+        f.add(at("CheckType"), Code.MISSING_PARAMETER, "CheckType CUSTOM is required to send a custom health check")
     if kind == "HTTP":
         if hc.http_version is None:
             f.add(at("HttpVersion"), Code.MISSING_PARAMETER, "HttpVersion is required when CheckType is HTTP")
         if hc.http_code is not None and hc.http_code not in (1, 2, 4, 8, 16):
             f.add(at("HttpCode"), Code.RANGE, "an HTTP check of a TCP listener takes exactly one status class")
     if kind == "CUSTOM":
-        for name, value in (
-            ("ContextType", hc.context_type),
-            ("SendContext", hc.send_context),
-            ("RecvContext", hc.recv_context),
-        ):
+        for name, value in custom_fields.items():
             if value is None:
                 f.add(at(name), Code.MISSING_PARAMETER, f"{name} is required when CheckType is CUSTOM")
         if hc.context_type == "HEX":

@@ -41,14 +41,16 @@ def _walk(raw: Any, loc: tuple[Any, ...]) -> list[str | int]:
     """The part of a pydantic location that addresses the raw document (union tags dropped)."""
     out: list[str | int] = []
     node = raw
-    for part in loc:
+    for i, part in enumerate(loc):
         if (isinstance(node, dict) and part in node) or (
             isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         ):
             out.append(part)
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and part[:1].isupper():
-            out.append(part)  # a missing field: name it, then stop
+            # a field the raw document does not spell this way (missing, or moved from a V2
+            # spelling): name it and the fields below it
+            out.extend(p for p in loc[i:] if isinstance(p, str) and p[:1].isupper())
             break
     return out
 

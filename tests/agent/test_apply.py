@@ -80,12 +80,15 @@ def test_invalid_document_keeps_its_last_good_version(host, backends):
     report = json.loads(result.stdout)
     assert report["changed"] == ["lb-b"]
     [error] = report["quarantined"]["lb-a"]
-    assert error["code"] == "InvalidParameterValue.Range" and error["path"].startswith("lb-a/Listeners[0]/Port")
+    assert error["code"] == "InvalidParameter.PortCheckFailed" and error["path"].startswith("lb-a/Listeners[0]/Port")
+    assert report["task_status"] == 0  # the apply succeeded; lb-a's document is the failure
+
     assert http_get(VIP_A, 8080, "www.example.com").backend == "b1"  # last good version
     assert http_get(VIP_B, 8080, "www.example.com").backend == "b3"  # the other one applied
 
     state = json.loads((host.config.state_dir / "state.json").read_text())
     assert state["status"]["lb-a"]["result"] == "quarantined"
+    assert (state["status"]["lb-a"]["task_status"], state["status"]["lb-b"]["task_status"]) == (1, 0)
     assert state["status"]["lb-a"]["revision"] != state["status"]["lb-a"]["desired_revision"]
 
 

@@ -58,6 +58,7 @@ def test_run_serves_applies_edits_and_reports_status(host, backends):
     lb = status["load_balancers"]["lb-a"]
     assert lb["errors"][0]["code"] == "InvalidParameterValue.Range"
     assert "Weight" in lb["errors"][0]["path"]
+    assert (lb["task_status"], status["agent"]["task_status"]) == (1, 0)
     assert _answers("b2")  # the last good version keeps serving
     assert status["nginx"]["master_pid"] == master_pid(host)
     assert status["nginx"]["generation"] == lb["generation"]

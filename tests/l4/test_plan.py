@@ -77,6 +77,16 @@ def test_down_tcp_targets_get_weight_zero_and_udp_ones_are_evicted_unless_all_ar
     assert [d.weight for d in udp.destinations] == [3, 1] and udp.evicted == ()
 
 
+def test_all_dead_counts_only_targets_that_take_traffic() -> None:
+    """A weight-0 target that is alive does not stop all-dead-all-alive: the dead weighted target
+    keeps serving, as on L7."""
+    doc = lb_doc([tcp(80, [(A, 80, 10), (B, 80, 0)]), tcp(53, [(A, 53, 10), (B, 53, 0)], protocol="UDP")])
+    down = frozenset({target_key("lb-l4", "lbl-tcp-80", f"{A}:80"), target_key("lb-l4", "lbl-udp-53", f"{A}:53")})
+    tcp_svc, udp = plan_of(doc, down=down).services
+    assert [(d.address, d.weight) for d in tcp_svc.destinations] == [(A, 10), (B, 0)]
+    assert [(d.address, d.weight) for d in udp.destinations] == [(A, 10), (B, 0)] and udp.evicted == ()
+
+
 def test_plan_is_deterministic_and_json() -> None:
     docs = [lb_doc([tcp(p, [(A, 80, 1), (B, 81, 2)]) for p in (90, 80, 85)], vips=("10.99.0.2", "10.99.0.1"))]
     one, two = plan_of(*docs), plan_of(*reversed(docs))
