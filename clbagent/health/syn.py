@@ -23,6 +23,7 @@ from clbagent.health.spec import Check
 
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
+IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3  # linux/in.h: DF set, the path MTU not consulted
 SYN, RST, ACK = 0x02, 0x04, 0x10
 REFUSED = os.strerror(errno.ECONNREFUSED)
 
@@ -88,6 +89,7 @@ class SynProber:
         self._rx = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
         _attach(self._rx, port_filter(self.port))
         self._rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
+        _dont_fragment(self._rx)
         self._tx: dict[str | None, socket.socket] = {None: self._rx}  # unbound: it sends from any address
         self._routes: dict[str, bytes] = {}
         self.pending: dict[bytes, _Probe] = {}  # by the acknowledgement number its answer carries
@@ -124,6 +126,7 @@ class SynProber:
     def _sender(self, source: str | None) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
         _attach(sock, DROP_ALL)  # it only sends: the answers go to the receiving socket
+        _dont_fragment(sock)
         sock.bind((source, 0))
         self._tx[source] = sock
         return sock
@@ -241,6 +244,11 @@ class _Probe:
         if prober._timer is None:
             prober.arm()
         return True
+
+
+def _dont_fragment(sock: socket.socket) -> None:
+    """SYNs with DF set, as the kernel's own: no IP identification to draw for each one."""
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
 
 
 def _attach(sock: socket.socket, program: bytes) -> None:

@@ -60,3 +60,18 @@ def test_a_probe_that_cannot_be_sent_is_not_a_failure(tmp_path: Path) -> None:
     c = Check("tcp", "127.0.50.41", 9, 0.5, 1, 2, 2)
     monitor, seen = run_monitor(tmp_path, probes(c), 2.5, unsendable=True)
     assert seen == [] and monitor.counts()[UNKNOWN] == 1 and monitor.down == frozenset()
+
+
+def test_a_probe_that_fails_while_starting_counts_and_probing_goes_on(tmp_path: Path) -> None:
+    # A source address the host does not hold: the connect() probe fails inside its start, the
+    # half-open one when its sending socket is bound. Both are failures, and the next probes run.
+    v6 = Check("tcp", "::1", 9, 0.5, 1, 2, 2)
+    v4 = Check("tcp", "127.0.50.42", 9, 0.5, 1, 2, 2)
+    p = probes(v6, v4)
+    p.sources.update({v6: "2001:db8::99", v4: "192.0.2.99"})
+    monitor, seen = run_monitor(tmp_path, p, 2.6)
+    assert {(t.entry.check, t.new, t.reason) for t in seen} == {
+        (v6, DEAD, "Cannot assign requested address"),
+        (v4, DEAD, "Cannot assign requested address"),
+    }
+    assert monitor.down == {f"lb-m/lis/{v6.endpoint}", f"lb-m/lis/{v4.endpoint}"}
