@@ -1,0 +1,100 @@
+--- Micro-benchmark of the Lua balancer's request path under plain LuaJIT (not a test): the
+--- balancer and log phases of one request, in a loop, against stand-ins for nginx's shared dicts
+--- and ngx.balancer (Lua tables: nginx's own C side is not measured). Prints the time per request
+--- and the bytes of Lua memory allocated per request with the garbage collector stopped (0: the
+--- request path allocates nothing, so it never makes the collector run).
+---
+--- Run:  luajit bench/balancer_micro.lua [requests] [wrr|least_conn|ip_hash]   (from the repository root)
+package.path = "clbagent/lua/?.lua;" .. package.path
+local ffi = require("ffi")
+
+local function dict()
+  local data = {}
+  local d = {}
+  function d.get(_, k)
+    return data[k]
+  end
+  function d.set(_, k, v)
+    data[k] = v
+    return true
+  end
+  d.safe_set = d.set
+  function d.incr(_, k, by, init)
+    local v = data[k]
+    if v == nil then
+      if init == nil then
+        return nil, "not found"
+      end
+      v = init
+    end
+    data[k] = v + by
+    return v + by
+  end
+  function d.delete(_, k)
+    data[k] = nil
+  end
+  function d.get_keys()
+    local keys = {}
+    for k in pairs(data) do
+      keys[#keys + 1] = k
+    end
+    return keys
+  end
+  return d
+end
+
+local request = ffi.cast("void *", 0x10000)
+package.loaded["resty.core.base"] = {
+  get_request = function()
+    return request
+  end,
+}
+package.loaded["ngx.balancer"] = {
+  set_current_peer = function()
+    return true
+  end,
+  set_more_tries = function()
+    return true
+  end,
+  get_last_failure = function()
+    return nil
+  end,
+}
+_G.ngx = {
+  shared = { clb_upstreams = dict(), clb_conns = dict() },
+  var = { binary_remote_addr = "\127\0\0\1" },
+  header = {},
+  ERR = 4,
+  ERROR = -1,
+  log = function() end,
+  exit = function(code)
+    error("ngx.exit(" .. code .. ")")
+  end,
+}
+
+local store = require("clb.store")
+local balancer = require("clb.balancer")
+local members = {}
+for i = 1, 3 do
+  members[i] = { endpoint = "10.0.0." .. i .. ":8080", weight = 10, down = false }
+end
+local name = "u_0123456789abcdef0123456789abcdef_loc_root"
+local n, method = tonumber(arg[1]) or 2000000, arg[2] or "wrr"
+assert(store.new(ngx.shared.clb_upstreams):write(name, { method = method, members = members }, "file"))
+
+local function run(count)
+  local balance, log = balancer.balance, balancer.log
+  for _ = 1, count do
+    balance(name)
+    log()
+  end
+end
+run(100000) -- warm-up: traces compiled
+collectgarbage("collect")
+collectgarbage("stop")
+local kb, t = collectgarbage("count"), os.clock()
+run(n)
+local seconds = os.clock() - t
+local bytes = (collectgarbage("count") - kb) * 1024
+print(string.format("%s, %d requests: %.0f ns per request (balancer + log phase), %.1f bytes of Lua memory per request",
+  method, n, seconds / n * 1e9, bytes / n))
