@@ -75,6 +75,8 @@ class UdpProber(OneShot):
 class PingProber(OneShot):
     """ICMP echo over one raw socket per family (root), or the kernel's unprivileged ping sockets."""
 
+    descriptors = 0  # one socket per family and source, shared by every probe
+
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self._socks: dict[tuple[int, str | None], tuple[socket.socket, bool]] = {}

@@ -47,6 +47,7 @@ class Entry:
     health: Health
     prober: Prober
     ticks: int = 1  # the interval, in wheel ticks
+    descriptors: int = 1  # held by a running probe (none for half-open probes and pings)
     busy: bool = False
     gone: bool = False
     started: float = 0.0
@@ -102,7 +103,7 @@ class Monitor:
         self._pending: list[Transition] = []
         self._dead: set[Entry] = set()
         self._save: asyncio.TimerHandle | None = None
-        self.in_flight = 0
+        self.in_flight = 0  # descriptors held by running probes
         self.max_in_flight = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 256)
         self.late = 0.0  # how far behind schedule the last probe started (seconds)
 
@@ -129,7 +130,7 @@ class Monitor:
                 continue
             prober = self.stream if check.kind == "tcp" and check.family == 6 else self.probers[check.kind]
             entry = Entry(check, source, subjects, Health.restored(self.saved.get(check.key)), prober)
-            entry.ticks = max(1, round(check.interval / TICK))
+            entry.ticks, entry.descriptors = max(1, round(check.interval / TICK)), prober.descriptors
             entry.done = functools.partial(self._result, entry)
             entry.start = prober.prepare(check, source, entry.done)
             self.entries[check] = entry
@@ -191,14 +192,14 @@ class Monitor:
             for entry in bucket:
                 if entry.gone:
                     continue
-                if entry.busy or self.in_flight >= limit:
+                if entry.busy or (self.in_flight >= limit and entry.descriptors):
                     self._put(current + RETRY, entry)  # still running, or out of descriptors: later
                     continue
                 entry.busy, entry.started = True, now  # before the start: a probe may end within it
-                self.in_flight += 1
+                self.in_flight += entry.descriptors
                 if not entry.start():  # type: ignore[misc]
                     entry.busy = False
-                    self.in_flight -= 1
+                    self.in_flight -= entry.descriptors
                     self._put(current + RETRY, entry)  # not sent (a full queue): later, not failed
                     continue
                 started += 1
@@ -221,7 +222,7 @@ class Monitor:
 
     def _result(self, entry: Entry, ok: bool | None, error: str) -> None:
         entry.busy = False
-        self.in_flight -= 1
+        self.in_flight -= entry.descriptors
         if ok is None or entry.gone:
             return  # the agent was too busy to judge: not a result
         if self.observe is not None:

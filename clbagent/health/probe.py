@@ -29,6 +29,8 @@ IP_BIND_ADDRESS_NO_PORT = 24
 
 
 class Prober(Protocol):
+    descriptors: int  # file descriptors one running probe holds (the scheduler keeps a margin)
+
     def probe(self, check: Check, source: str | None, done: Done) -> bool:
         """Start one probe; False when it could not be sent now (retried later, not a failure)."""
         ...
@@ -42,6 +44,8 @@ class Prober(Protocol):
 
 class OneShot:
     """A prober with nothing to build ahead: each start is a :meth:`probe` call."""
+
+    descriptors = 1
 
     def probe(self, check: Check, source: str | None, done: Done) -> bool:
         raise NotImplementedError

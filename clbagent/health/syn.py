@@ -80,6 +80,8 @@ class SynProber:
     costs nothing, a wake-up per probe would cost more than the probe. Deadlines are kept in one
     queue per timeout, in the order the probes were sent: no timer and no heap per probe."""
 
+    descriptors = 0
+
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         # Hold a port no socket listens or connects on: SYN-ACKs to it get the kernel's RST.

@@ -7,6 +7,8 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from clbagent.health.monitor import Monitor, Transition
 from clbagent.health.spec import Check, Probes, Subject
 from clbagent.health.state import ALIVE, DEAD, UNKNOWN, HealthStore
@@ -18,7 +20,7 @@ def probes(*checks: Check) -> Probes:
 
 
 def run_monitor(
-    state_dir: Path, p: Probes, seconds: float, unsendable: bool = False
+    state_dir: Path, p: Probes, seconds: float, unsendable: bool = False, descriptors: int | None = None
 ) -> tuple[Monitor, list[Transition]]:
     seen: list[Transition] = []
 
@@ -27,6 +29,8 @@ def run_monitor(
         if unsendable:  # nothing can be sent: no descriptors, full queues
             for prober in monitor.probers.values():
                 prober.prepare = lambda check, source, done: lambda: False  # type: ignore[method-assign]
+        if descriptors is not None:
+            monitor.max_in_flight = descriptors
         monitor.update(p)
         await asyncio.sleep(seconds)
         monitor.close()
@@ -75,3 +79,17 @@ def test_a_probe_that_fails_while_starting_counts_and_probing_goes_on(tmp_path: 
         (v4, DEAD, "Cannot assign requested address"),
     }
     assert monitor.down == {f"lb-m/lis/{v6.endpoint}", f"lb-m/lis/{v4.endpoint}"}
+
+
+def test_out_of_descriptors_holds_only_the_probes_that_need_one(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.50.43", 0))
+    listener.listen(16)
+    syn = Check("tcp", "127.0.50.43", listener.getsockname()[1], 0.5, 1, 2, 2)  # half-open: no descriptor
+    v6 = Check("tcp", "::1", 9, 0.5, 1, 2, 2)  # connect(): one descriptor
+    monitor, seen = run_monitor(tmp_path, probes(syn, v6), 2.6, descriptors=0)
+    if monitor.syn is None:
+        pytest.skip("half-open probes need raw sockets (root)")
+    assert [(t.entry.check, t.new) for t in seen] == [(syn, ALIVE)]
+    assert monitor.entries[v6].health.state == UNKNOWN
+    listener.close()
