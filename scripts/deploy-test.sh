@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The deployment test: boots a throwaway systemd VM (scripts/sysvm.sh), deploys clbagent on it
-# with the Ansible role (ansible/playbook.yml, the agent from a wheelhouse built here, since the
-# VM has no network), then verifies the host with pytest-testinfra (tests/deploy). The VM is shut
+# with the Ansible role (ansible/playbook.yml; the agent is the Debian package packaging/build-deb.sh
+# builds here, since the VM has no network), then verifies the host with pytest-testinfra
+# (tests/deploy). The VM is shut
 # down at the end whatever happens. Returns pytest's exit code; extra arguments go to pytest.
 #
 #   scripts/deploy-test.sh                 # everything
@@ -42,13 +43,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM INT
 
-# The agent and its dependencies as wheels, built from a copy of the work tree (a build leaves
-# build/ and egg-info behind) and packed reproducibly so that an unchanged tree is no change.
-phase "building the wheelhouse"
-mkdir -p "$run/src" "$run/wheels"
-git ls-files -z -co --exclude-standard | xargs -0 tar --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$run/src"
-.venv/bin/python -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$run/wheels" "$run/src" pip
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$run/wheelhouse.tar" -C "$run/wheels" .
+phase "building the agent's package"
+bash packaging/build-deb.sh "$run/clbagent.deb" >/dev/null
 
 phase "building or reusing the VM image"
 bash scripts/sysvm.sh image >/dev/null
@@ -61,7 +57,9 @@ clbvm ansible_ssh_common_args='-F $run/ssh_config'
 EOF
 # Paths other than the defaults: the unit must follow the role's configuration.
 cat >"$run/vars.yml" <<EOF
-clbagent_wheelhouse_archive: $run/wheelhouse.tar
+clbagent_package: $run/clbagent.deb
+# Short, so that the watchdog check does not wait long for a frozen agent.
+clbagent_watchdog_sec: 10
 clbagent_state_dir: /srv/clbagent/state
 clbagent_status_socket: /run/clbagent-status/status.sock
 clbagent_documents:

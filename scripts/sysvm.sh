@@ -50,6 +50,12 @@ image_key() {
   { image_packages; cat scripts/sysvm.sh; echo "$kver"; debian_sources | xargs cat; } | sha256sum | cut -c1-16
 }
 
+# Units a throwaway gateway VM does not need; under emulation each costs seconds of boot. (No
+# console logins, no file system scrubs, no periodic jobs; SSH does not wait for DHCP.)
+masked="e2scrub_reap.service e2scrub_all.timer fstrim.timer apt-daily.timer apt-daily-upgrade.timer \
+  dpkg-db-backup.timer man-db.timer getty@tty1.service serial-getty@ttyS0.service \
+  systemd-networkd-wait-online.service"
+
 build_image() {
   local dir=$1 tree pkgs
   command -v mmdebstrap >/dev/null || die "mmdebstrap not found; run scripts/setup.sh"
@@ -65,6 +71,7 @@ build_image() {
     --customize-hook="printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' >\"\$1/etc/systemd/network/10-eth0.network\"" \
     --customize-hook="chroot \"\$1\" systemctl enable systemd-networkd >/dev/null 2>&1" \
     --customize-hook="chroot \"\$1\" passwd -d root >/dev/null" \
+    --customize-hook="chroot \"\$1\" systemctl mask $masked >/dev/null 2>&1" \
     bookworm "$tree" $(debian_sources)
   mke2fs -q -t ext4 -L clbroot -d "$tree" "$dir.tmp/root.img" 4G >&2
   rm -rf "$tree"
@@ -119,11 +126,13 @@ Host clbvm
   ControlPath $run/ssh-%C
   ControlPersist 300
 EOF
+  # The disk is a throwaway copy: the guest's flushes need not reach the host's disk (cache=unsafe).
+  # No speculative-execution mitigations in a test guest: retpolines cost much under emulation.
   echo "sysvm: booting $kernel ($accel, ${CLB_VM_CPUS:-2} cpus, ${CLB_VM_MEMORY:-2G}), ssh on 127.0.0.1:$port" >&2
   qemu-system-x86_64 -accel "$accel" -smp "${CLB_VM_CPUS:-2}" -m "${CLB_VM_MEMORY:-2G}" \
     -kernel "$kernel" -initrd "/boot/initrd.img-$kver" \
-    -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet systemd.show_status=1" \
-    -drive "file=$run/root.qcow2,format=qcow2,if=virtio" \
+    -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet systemd.show_status=1 mitigations=off" \
+    -drive "file=$run/root.qcow2,format=qcow2,if=virtio,cache=unsafe" \
     -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
     -device virtio-rng-pci -display none -serial "file:$run/console.log" -monitor none \
     -pidfile "$run/qemu.pid" -daemonize
