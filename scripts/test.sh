@@ -1,21 +1,53 @@
 #!/usr/bin/env bash
 # The whole test suite: setup, lint, the host tests (real nginx on loopback, the agent, the Lua
-# units), then the kernel tests inside a VM (IPVS needs a kernel with ip_vs; see scripts/vm-test.sh).
-# CLB_DEPLOY_TEST=1 adds the deployment test (scripts/deploy-test.sh).
+# units), then two VM phases at the same time: the kernel tests (IPVS needs a kernel with ip_vs;
+# scripts/vm-test.sh) and the deployment test (the Ansible role onto a systemd VM, checked with
+# testinfra; scripts/deploy-test.sh; its VM image is built during the host tests). Each emulated
+# VM keeps about one host core busy, so the two overlap well on a 2-core machine. Their output is
+# shown as it comes, each line prefixed with the phase's name, and kept in
+# build/test-logs/<phase>.log; each phase is bounded by CLB_VM_PHASE_TIMEOUT (seconds, 1200). The
+# exit code is the first failure's. CLB_SKIP_VM=1 stops after the host tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+logs=build/test-logs
+mkdir -p "$logs"
+# The deployment VM's image (mmdebstrap; cached, so usually nothing to do) is built meanwhile: the
+# host tests leave a core to spare. Should it fail, the deploy phase builds it again and says why.
+if [ -z "${CLB_SKIP_VM:-}" ]; then
+  bash scripts/sysvm.sh image >"$logs/image.log" 2>&1 &
+  image=$!
+fi
 .venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
+[ -z "${image:-}" ] || wait "$image" || echo "test: building the VM image failed (log: $logs/image.log)" >&2
 set -e
 if [ "$rc" -ne 0 ]; then exit "$rc"; fi
-if [ -x scripts/vm-test.sh ] && [ -z "${CLB_SKIP_VM:-}" ]; then
-  bash scripts/vm-test.sh
-fi
-# The deployment test (Ansible onto a systemd VM, checked with testinfra) is opt-in: under software
-# emulation it takes far longer than the rest of the suite (docs/deploy.md).
-if [ -n "${CLB_DEPLOY_TEST:-}" ]; then
-  bash scripts/deploy-test.sh
-fi
+[ -z "${CLB_SKIP_VM:-}" ] || exit 0
+
+limit=${CLB_VM_PHASE_TIMEOUT:-1200}
+# Runs one phase in the background: its own process group under timeout (which signals the whole
+# group, then kills it 120 s later, time enough for the VM to be shut down).
+start_phase() {
+  local name=$1
+  shift
+  rm -f "$logs/$name.rc"
+  {
+    SECONDS=0
+    timeout --kill-after=120 "$limit" "$@" 2>&1
+    echo "$? $SECONDS" >"$logs/$name.rc"
+  } | tee "$logs/$name.log" | sed -u "s/^/[$name] /" &
+}
+start_phase kernel bash scripts/vm-test.sh
+start_phase deploy bash scripts/deploy-test.sh
+wait
+rc=0
+for name in kernel deploy; do
+  read -r code secs <"$logs/$name.rc" || code=1
+  [ "$code" -ne 124 ] || echo "test: the $name phase took longer than ${limit}s and was stopped" >&2
+  echo "test: $name phase: exit ${code}, ${secs:-?}s (log: $logs/$name.log)" >&2
+  [ "$rc" -ne 0 ] || rc=$code
+done
+exit "$rc"
