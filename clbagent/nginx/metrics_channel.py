@@ -19,13 +19,6 @@ from urllib.parse import quote
 
 # Longer than 32 characters: no named capture of a user's regex can set it (see l7/names.py).
 SCOPE_VAR = "clb_scope_" + hashlib.sha256(b"metrics scope").hexdigest()[:32]
-# What the log phase needs of a request, its scope first, in one variable: amid a request's other
-# work every call from Lua into nginx (an ngx.var read, ngx.status, ngx.now) costs about a microsecond.
-REQUEST_VAR = "clb_request_" + hashlib.sha256(b"metrics request").hexdigest()[:32]
-REQUEST_VALUE = (
-    f"${SCOPE_VAR}|$status|$request_time|$connection_requests|$request_length|$bytes_sent|$upstream_response_time"
-    "|$upstream_header_time|$upstream_addr"
-)
 SHARED_DICT = "clb_metrics"
 DICT_SIZE = "32m"  # a fixed size: a changed size would empty the counters at the next reload
 _DOMAIN_SAFE = "*._-"  # kept as they are (with letters and digits); everything else is %XX
@@ -81,15 +74,14 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def http_lines() -> tuple[str, str, str, str]:
-    """The http-level pieces of counting: the dict, the defaults of the scope and request variables,
+    """The http-level pieces of counting: the dict, the default of the scope variable,
     the module loaded in the master, the flush timer of each worker, and the log-phase call."""
     return (
         # the scope is "" wherever no server or location of ours sets it (no warning, not counted)
-        f'    lua_shared_dict {SHARED_DICT} {DICT_SIZE};\n    map "" ${SCOPE_VAR} {{ default ""; }}\n'
-        f'    map "" ${REQUEST_VAR} {{ default "{REQUEST_VALUE}"; }}\n',
+        f'    lua_shared_dict {SHARED_DICT} {DICT_SIZE};\n    map "" ${SCOPE_VAR} {{ default ""; }}\n',
         'require("clb.metrics")',
         '    init_worker_by_lua_block { require("clb.metrics").start() }\n',
-        f'require("clb.metrics").log("{REQUEST_VAR}")',
+        f'require("clb.metrics").log("{SCOPE_VAR}")',
     )
 
 
