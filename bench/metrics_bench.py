@@ -1,19 +1,26 @@
 """Metrics benchmark (not a test): what counting L7 metrics costs on the request path, and what a
 scrape costs at 1,000 load balancers.
 
-1. Request path: one nginx (one worker), one dynamic upstream, two locations to it: one counted
-   (its scope set, the log phase counts: what the compiler writes), one not counted (no scope,
-   a location-level log phase that only gives the balancer's connection back: what nginx would
-   run without metrics). wrk on each in alternating pairs; requests per second and per CPU
-   second of the worker; the median of the per-pair ratios. Then the log phase alone, called in
-   a loop inside the same nginx after that traffic (so LuaJIT compiled it as the requests ran),
-   against the CPU of one not-counted request.
+1. Request path, on the path a user runs: one load balancer (an HTTP listener, one rule, three
+   targets) compiled by clbagent in dynamic mode and served by its own nginx as compiled
+   (counted), the same prefix without the metrics (dynamic_bench's ``dynamic-nometrics``: no
+   counting in the log phase, no scope variable), and a second such nginx as a control. Each
+   nginx has one worker pinned to CPU 0; wrk (-t1 -c32, keep-alive) and the backends run on
+   CPU 1. In each round the three serve a wrk each at the same time (run one after the other,
+   two identical servers differed by ±10-20 % on the shared host; at the same time, by ±2 %);
+   per round, counted / not counted and control / not counted in requests per wall-clock second
+   and per CPU second of the worker; the median and the spread of the per-round ratios.
+   Then the log phase alone: called in a loop inside the counted nginx after that traffic (so
+   LuaJIT compiled it as the requests ran), in CPU time, against one not-counted request's CPU.
 2. Scrape: 1,000 load balancers (two rules each, one target) compiled as the agent does, served
    by nginx; each rule and each domain's 404 receives a request; then the agent's metrics
-   endpoint is scraped: series count and time, against a scrape of the agent's own families only
-   and against the raw read of nginx's counters, in the same run.
+   endpoint is scraped by curl: series count, wall-clock time and the CPU time of nginx's worker
+   and of the agent per scrape, against a scrape of the agent's own families only and against the
+   raw read of nginx's counters, in the same run.
 
-Run:  .venv/bin/python bench/metrics_bench.py [--seconds 2] [--rounds 8] [--lbs 1000] [--scrapes 10]
+Run:  nice -n 10 .venv/bin/python bench/metrics_bench.py [--only path|scrape] [--seconds 2] [--rounds 10]
+      [--lbs 1000] [--scrapes 20]
+Hold /tmp/clb-locks/bench_wrk while the request-path part runs on a shared host.
 Goals: counted/not counted ≥ 95%; scrape ≤ 100 ms at 1,000 load balancers.
 """
 
@@ -21,12 +28,16 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
+import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -36,86 +47,107 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.dynamic_bench import COMMON, Bench, free_port, prefix_dirs, start  # noqa: E402
+import bench.dynamic_bench as dyn  # noqa: E402
+from bench.dynamic_bench import COMMON, Backends, Front, free_port, prefix_dirs, start  # noqa: E402
 from clbagent.agent.metrics import AgentMetrics  # noqa: E402
 from clbagent.l7 import compile_nginx, write_prefix  # noqa: E402
-from clbagent.nginx.metrics_channel import REQUEST_VAR, SCOPE_VAR, read_text  # noqa: E402
+from clbagent.nginx.metrics_channel import SCOPE_VAR, read_text  # noqa: E402
 from clbagent.nginx.process import Nginx  # noqa: E402
-from clbagent.nginx.upstreams_channel import (  # noqa: E402
-    DATA_DIR,
-    SOCKET,
-    channel_server,
-    http_directives,
-    main_directives,
-    upstream_block,
-)
+from clbagent.nginx.upstreams_channel import SOCKET  # noqa: E402
 from clbagent.settings import Settings  # noqa: E402
 from clbagent.validate import validate_documents  # noqa: E402
 
 FRONT, BACK = "127.0.64.1", "127.0.64.2"
-LOCATIONS = f"""\
-        location /counted {{ set ${SCOPE_VAR} bench/lbl-bench/loc-bench/www.example.com; proxy_pass http://d0; }}
-        location /plain {{ log_by_lua_block {{ require("clb.balancer").log() }} proxy_pass http://d0; }}
-        location /logcost {{ set ${SCOPE_VAR} bench/lbl-bench/loc-cost/www.example.com; content_by_lua_block {{
-            local log, n = require("clb.metrics").log, tonumber(ngx.var.arg_n)
-            local function nothing() end
-            local t0 = os.clock()
-            for _ = 1, n do nothing("{SCOPE_VAR}", "{REQUEST_VAR}") end
-            local t1 = os.clock()
-            for _ = 1, n do log("{SCOPE_VAR}", "{REQUEST_VAR}") end
-            ngx.say((os.clock() - t1 - (t1 - t0)) / n)
-        }} }}
+PATH_FRONT, PATH_BACK = "127.0.61.{}", "127.0.62.{}"
+COUNTED, PLAIN, CONTROL = "dynamic", "dynamic-nometrics", "control"
+# A server added to the counted prefix after the wrk rounds: the log phase in a loop.
+LOGCOST = f"""\
+server {{
+    listen {{address}};
+    location /logcost {{ set ${SCOPE_VAR} bench/lbl-bench/loc-cost/www.example.com; content_by_lua_block {{
+        local log, n = require("clb.metrics").log, tonumber(ngx.var.arg_n)
+        local function nothing() end
+        local t0 = os.clock()
+        for _ = 1, n do nothing("{SCOPE_VAR}") end
+        local t1 = os.clock()
+        for _ = 1, n do log("{SCOPE_VAR}") end
+        ngx.say((os.clock() - t1 - (t1 - t0)) / n)
+    }} }}
+}}
 """
 
 
-class CountingBench(Bench):
-    """dynamic_bench's front nginx, with a counted and an uncounted location to the same upstream."""
+def spread(ratios: list[float]) -> str:
+    ratios = sorted(ratios)
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return f"{statistics.median(ratios):.1%} (quartiles {q1:.1%}-{q3:.1%}, range {ratios[0]:.1%}-{ratios[-1]:.1%})"
 
-    def _conf(self, which: list[int]) -> str:
-        body = (
-            '    proxy_http_version 1.1;\n    proxy_set_header Connection "";\n'
-            + http_directives(self.front / DATA_DIR, "4m")
-            + upstream_block("d0")
-            + f"    server {{\n        listen {FRONT}:{self.port};\n{LOCATIONS}    }}\n"
-            + channel_server(self.front)
-        )
-        return main_directives() + COMMON.format(body=body)
+
+def concurrent_round(fronts: dict[str, Front], seconds: int) -> dict[str, tuple[float, float]]:
+    """One wrk per nginx, all at once: requests per wall-clock second and per CPU second of each
+    worker, over the same seconds of the host's life."""
+    cpu = {name: f.worker_cpu() for name, f in fronts.items()}
+    wrk = ["taskset", "-c", str(dyn.OTHER_CPU), "wrk", "-t1", "-c32", f"-d{seconds}s"]
+    procs = {name: subprocess.Popen([*wrk, f.url], stdout=subprocess.PIPE, text=True) for name, f in fronts.items()}
+    out = {}
+    for name, proc in procs.items():
+        text = proc.communicate()[0]
+        assert proc.returncode == 0 and "Non-2xx" not in text and "Socket errors" not in text, text
+        requests = int(re.search(r"(\d+) requests in", text).group(1))
+        out[name] = (requests / seconds, requests / (fronts[name].worker_cpu() - cpu[name]))
+    return out
 
 
 def request_path(work: Path, seconds: int, rounds: int) -> None:
-    import bench.dynamic_bench as dyn
-
-    dyn.FRONT, dyn.BACK = FRONT, "127.0.64.{}"
-    bench = CountingBench(work, 1)
+    """Rounds in which counted, not counted and a second not-counted nginx (the control) serve wrk
+    at the same time, their workers sharing CPU 0: whatever else the host runs hits all three
+    alike. The control's ratio to the first not-counted nginx shows what two identical servers
+    differ by on this host."""
+    dyn.BACK = PATH_BACK  # the backends and the document read it: this benchmark's own addresses
+    backends = Backends(work)
+    port = free_port(PATH_FRONT.format(1))
+    names = (COUNTED, PLAIN, CONTROL)
+    fronts: dict[str, Front] = {}
     try:
-        pairs = []
-        for i in range(rounds):
-            order = ("/plain", "/counted") if i % 2 == 0 else ("/counted", "/plain")
-            got = {path: bench.wrk(path, seconds) for path in order}
-            pairs.append((got["/plain"], got["/counted"]))
-        print("  pairs, not counted / counted req/s:", ", ".join(f"{p.rate:,.0f} / {c.rate:,.0f}" for p, c in pairs))
-        for label, key in (("per wall-clock second", "rate"), ("per CPU second of the worker", "per_cpu")):
-            p = statistics.median(getattr(x[0], key) for x in pairs)
-            c = statistics.median(getattr(x[1], key) for x in pairs)
-            ratio = statistics.median(getattr(x[1], key) / getattr(x[0], key) for x in pairs)
-            print(
-                f"throughput {label} (wrk -t1 -c32, {rounds} pairs of {seconds}s): not counted {p:,.0f}, "
-                f"counted {c:,.0f}; counted/not counted = {ratio:.1%} (median of pairs, goal >= 95%)"
-            )
-        # the log phase alone, called in a loop inside nginx (CPU time: robust on a loaded host);
-        # without an upstream, so the member's counters are not updated
-        calls = [float(httpx.get(f"http://{FRONT}:{bench.port}/logcost?n=100000", timeout=60).text) for _ in range(5)]
-        per_request = 1 / statistics.median(x[0].per_cpu for x in pairs)
-        log_cost = statistics.median(calls)
+        for i, name in enumerate(names):
+            variant = COUNTED if name == COUNTED else PLAIN
+            fronts[name] = Front(work / name, variant, PATH_FRONT.format(i + 1), port, backends)
+        concurrent_round(fronts, 1)  # warm-up: LuaJIT traces, keep-alive pools
+        runs = [concurrent_round(fronts, seconds) for _ in range(rounds)]
+        print(
+            f"request path: {rounds} rounds of {seconds} s, three nginx served at once (wrk -t1 -c32 each), "
+            f"their workers on CPU {dyn.FRONT_CPU}, wrk and the backends on CPU {dyn.OTHER_CPU}"
+        )
+        for name in names:
+            print(f"  {name:18} req/s: " + ", ".join(f"{r[name][0]:,.0f}" for r in runs))
+        print("  goal: counted/not counted >= 95%")
+        for label, k in (("per wall-clock second", 0), ("per CPU second of the worker", 1)):
+            print(f"  {label}: not counted, median {statistics.median(r[PLAIN][k] for r in runs):,.0f}")
+            for name, what in ((COUNTED, "counted/not counted"), (CONTROL, "control: not counted/not counted")):
+                ratios = [r[name][k] / r[PLAIN][k] for r in runs]
+                print(f"    {what} = {spread(ratios)}, median of {rounds} rounds")
+        per_request = 1 / statistics.median(r[PLAIN][1] for r in runs)
+        log_cost = log_phase_alone(fronts[COUNTED])
         print(
             f"  the counting log phase alone: {log_cost * 1e6:.2f} us CPU per request (median of 5 loops of 100,000), "
             f"{log_cost / per_request:.1%} of a not-counted request's worker CPU ({per_request * 1e6:.1f} us)"
         )
-        families = text_string_to_metric_families(read_text(bench.front / SOCKET).decode())
-        counted = sum(x.value for f in families if f.name == "clb_http_requests" for x in f.samples)
-        print(f"  requests counted by nginx: {counted:,.0f} (only the counted location's)")
     finally:
-        bench.close()
+        for front in fronts.values():
+            front.close()
+        backends.close()
+
+
+def log_phase_alone(front: Front) -> float:
+    """CPU seconds of one call of the log phase, measured inside the counted nginx."""
+    address = f"{PATH_FRONT.format(9)}:{free_port(PATH_FRONT.format(9))}"
+    (front.prefix / "conf.d" / "zz-logcost.conf").write_text(LOGCOST.replace("{address}", address))
+    front.nginx.reload()
+    calls = [float(httpx.get(f"http://{address}/logcost?n=100000", timeout=60).text) for _ in range(5)]
+    families = text_string_to_metric_families(read_text(front.prefix / SOCKET).decode())
+    counted = sum(x.value for f in families if f.name == "clb_http_requests" for x in f.samples)
+    print(f"  requests counted by the counted nginx: {counted:,.0f}")
+    return statistics.median(calls)
 
 
 def documents(n: int, back_port: int) -> list[tuple[str, dict]]:
@@ -141,28 +173,24 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def scrape_time(url: str, repeats: int) -> float:
-    """Median seconds of a whole scrape as a scraper in its own process sees it (curl's total)."""
-    out = [
-        float(subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{time_total}", url], capture_output=True,
-                             text=True, check=True).stdout)
+def curl_scrapes(url: str, repeats: int, nginx: Nginx, *flags: str) -> tuple[list[float], dict[str, float]]:
+    """Whole scrapes as a scraper in its own process sees them (curl's total, sorted), and the CPU
+    seconds per scrape of nginx's workers, of this process (the agent's endpoint) and of curl."""
+    workers = [psutil.Process(pid) for pid in nginx.workers()]
+
+    def cpu() -> tuple[float, float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        nginx_cpu = sum(sum(w.cpu_times()[:2]) for w in workers)
+        return nginx_cpu, time.process_time(), children.ru_utime + children.ru_stime
+
+    before = cpu()
+    walls = sorted(
+        float(subprocess.run(["curl", "-s", *flags, "-o", "/dev/null", "-w", "%{time_total}", url],
+                             capture_output=True, text=True, check=True).stdout)
         for _ in range(repeats)
-    ]  # fmt: skip
-    return statistics.median(out)
-
-
-def cpu_per_call(fn, repeats: int, nginx: Nginx | None = None) -> float:
-    """CPU seconds one call costs: this process's, or (``nginx``) its workers' (the one that answers)."""
-
-    def cpu() -> float:
-        if nginx is None:
-            return time.process_time()
-        return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in nginx.workers())
-
-    start = cpu()
-    for _ in range(repeats):
-        fn()
-    return (cpu() - start) / repeats
+    )  # fmt: skip
+    after = cpu()
+    return walls, {k: (a - b) / repeats for k, a, b in zip(("nginx", "agent", "curl"), after, before, strict=True)}
 
 
 def scrape(work: Path, lbs: int, repeats: int) -> None:
@@ -190,23 +218,32 @@ def scrape(work: Path, lbs: int, repeats: int) -> None:
         for name, m in (("own", own), ("full", full)):
             ports[name] = free_port(FRONT)
             m.serve(FRONT, ports[name])
-        text = httpx.get(f"http://{FRONT}:{ports['full']}/metrics", timeout=30).text
+        url = f"http://{FRONT}:{ports['full']}/metrics"
+        text = httpx.get(url, timeout=30).text
         series = sum(1 for line in text.splitlines() if line.startswith("clb_"))
-        t_full = scrape_time(f"http://{FRONT}:{ports['full']}/metrics", repeats)
-        t_own = scrape_time(f"http://{FRONT}:{ports['own']}/metrics", repeats)
-        t_read = timed(lambda: read_text(prefix / SOCKET), repeats)
-        cpu_nginx = cpu_per_call(lambda: read_text(prefix / SOCKET), repeats, nginx)
-        cpu_agent = cpu_per_call(full.exposition, repeats) - cpu_per_call(own.exposition, repeats)
         print(f"  {series:,} clb_* series ({series / lbs:.0f} per load balancer), {len(text) / 1e6:.1f} MB per scrape")
+        curl_scrapes(url, 4, nginx)  # warm-up: each worker's label caches, buffer and compiled traces
+        for label, flags in (("", ()), (" asking for gzip (served as it is)", ("--compressed",))):
+            walls, cpu = curl_scrapes(url, repeats, nginx, *flags)
+            wall = statistics.median(walls)
+            print(
+                f"  scrape (curl GET of the endpoint{label}), {repeats} scrapes: median {wall * 1000:.0f} ms "
+                f"(min {walls[0] * 1000:.0f}, max {walls[-1] * 1000:.0f}; goal <= 100 ms: {wall / 0.1:.0%} of it); "
+                f"CPU per scrape: nginx worker {cpu['nginx'] * 1000:.1f} ms, agent {cpu['agent'] * 1000:.1f} ms, "
+                f"curl {cpu['curl'] * 1000:.1f} ms"
+            )
+        own_walls, _ = curl_scrapes(f"http://{FRONT}:{ports['own']}/metrics", repeats, nginx)
+        t_read = timed(lambda: read_text(prefix / SOCKET), repeats)
         print(
-            f"  scrape (curl GET of the endpoint), median of {repeats}: {t_full * 1000:.0f} ms (goal <= 100 ms: "
-            f"{t_full / 0.1:.0%} of it); the agent's own families alone {t_own * 1000:.1f} ms; nginx's text "
-            f"read alone {t_read * 1000:.0f} ms ({t_read / t_full:.0%} of the scrape)"
+            f"  the agent's own families alone {statistics.median(own_walls) * 1000:.1f} ms; nginx's text read "
+            f"alone {t_read * 1000:.0f} ms ({t_read / wall:.0%} of the scrape); load average "
+            f"{os.getloadavg()[0]:.1f}"
         )
+        t = time.process_time()
+        compressed = zlib.compress(text.encode(), 1)
         print(
-            f"  CPU time (less sensitive to a loaded host): nginx worker per scrape {cpu_nginx * 1000:.0f} ms, "
-            f"agent per scrape beyond its own families {cpu_agent * 1000:.0f} ms; together "
-            f"{(cpu_nginx + cpu_agent) / 0.1:.0%} of the 100 ms goal"
+            f"  gzip level 1 of the text would cost {(time.process_time() - t) * 1000:.0f} ms CPU per scrape "
+            f"({len(text) / 1e6:.1f} -> {len(compressed) / 1e6:.2f} MB)"
         )
     finally:
         nginx.stop()
@@ -215,10 +252,11 @@ def scrape(work: Path, lbs: int, repeats: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=("path", "scrape"), help="run one part only")
     ap.add_argument("--seconds", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--lbs", type=int, default=1000)
-    ap.add_argument("--scrapes", type=int, default=10)
+    ap.add_argument("--scrapes", type=int, default=20)
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (scripts/apt-packages-lua.txt)")
@@ -226,8 +264,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="clb-metricsbench-"))
     work.chmod(0o755)
     try:
-        request_path(work / "path", args.seconds, args.rounds)
-        scrape(work / "scrape", args.lbs, args.scrapes)
+        if args.only != "scrape":
+            request_path(work / "path", args.seconds, args.rounds)
+        if args.only != "path":
+            scrape(work / "scrape", args.lbs, args.scrapes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
