@@ -63,8 +63,9 @@ UTF8_CHAR = (
 # Client-supplied values of the log and the variable holding each one as valid UTF-8.
 LOG_UTF8 = tuple((source, names.variable("log_utf8", source)) for source in ("$request", "$host", "$http_user_agent"))
 _LOGGED = dict(LOG_UTF8)
-# Digest §4.4 record fields. $ssl_handshake_time does not exist in nginx 1.22 and vip_vpcid has no
-# meaning on a plain host; both are left out.
+# Digest §4.4 record fields, every one present so that log readers find the product's field set:
+# $ssl_handshake_time does not exist in nginx 1.22 ("-"), and a plain host has no VPC (vip_vpcid,
+# a numeric index field, is -1).
 LOG_FIELDS = (
     ("time_local", "$time_local"),
     ("server_addr", "$server_addr"),
@@ -88,9 +89,11 @@ LOG_FIELDS = (
     ("ssl_protocol", "$ssl_protocol"),
     ("ssl_cipher", "$ssl_cipher"),
     ("ssl_session_reused", "$ssl_session_reused"),
+    ("ssl_handshake_time", "-"),
     ("tcpinfo_rtt", "$tcpinfo_rtt"),
     ("http_user_agent", _LOGGED["$http_user_agent"]),
     ("request_id", "$request_id"),
+    ("vip_vpcid", "-1"),
 )
 
 

@@ -50,5 +50,13 @@ def test_every_line_is_strict_json_with_invalid_utf8_and_control_bytes(serve, st
     assert records[1]["http_user_agent"] == 'a\x01b\x7f"c\\d'  # control bytes and quotes escaped, not lost
     assert records[2]["http_user_agent"] == "ok \u20ac"
     assert "/ok/\u20ac" in by_path
+    record_fields = {  # R138: the product's 23 record fields, remote_port, and the vip_vpcid index field
+        *("server_name", "request", "remote_addr", "remote_port", "upstream_addr", "upstream_header_time"),
+        *("connection_requests", "ssl_handshake_time", "ssl_cipher", "ssl_protocol", "ssl_session_reused"),
+        *("time_local", "http_host", "server_addr", "bytes_sent", "upstream_status", "protocol_type"),
+        *("request_time", "upstream_connect_time", "request_length", "tcpinfo_rtt", "upstream_response_time"),
+        *("status", "http_user_agent", "vip_vpcid"),
+    }
     for r in records:  # R140: request time, path, client IP and port, status, response time
         assert {"time_local", "request", "remote_addr", "remote_port", "status", "request_time"} <= set(r)
+        assert record_fields <= set(r)
