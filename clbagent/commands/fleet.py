@@ -9,7 +9,6 @@ cannot be read; 2 the agent config is invalid.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -42,6 +41,8 @@ def run_status(args: Any) -> int:
     if config is None:
         return EXIT_INVALID
     try:
+        import asyncio  # here: `clbagent --help` builds this parser
+
         view = asyncio.run(read_fleet(config, Settings.load(config.settings)))
     except ERRORS as exc:
         endpoints = ", ".join(config.etcd_endpoints)

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from clbagent.nginx import metrics_channel as metrics
 
 SOCKET = "run/ctl.sock"  # relative to the prefix
@@ -226,7 +224,10 @@ class UpstreamsChannel:
     """HTTP over the unix socket of one nginx prefix."""
 
     def __init__(self, socket_path: Path | str, timeout: float = 5.0):
+        import httpx  # here: validate and render, which import this module, never open the channel
+
         # Plain HTTP over a unix socket: no TLS context to build (loading CA bundles costs ~0.1 s).
+        self._errors = httpx.HTTPError
         transport = httpx.HTTPTransport(uds=str(socket_path), verify=False)
         self._http = httpx.Client(transport=transport, base_url="http://nginx", timeout=timeout, verify=False)
 
@@ -246,7 +247,7 @@ class UpstreamsChannel:
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         try:
             resp = self._http.request(method, path, json=body)
-        except httpx.HTTPError as e:
+        except self._errors as e:
             raise ChannelError(0, f"nginx control channel: {e}") from e
         try:
             data = resp.json()
