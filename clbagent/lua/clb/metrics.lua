@@ -150,11 +150,10 @@ function M.start()
 end
 
 --- log_by_lua: count the request in the scope its location set in variable ``scope_var`` and in
---- the member its last try went to. Each value is its own ngx.var read: measured with wrk on the
---- compiled path, an extra read inside this (compiled) function costs ~0.1 % of a request, while
---- one variable that nginx maps to all of them joined costs ~4 % (nginx evaluates the joined
---- value's variables twice, once for its length) and then has to be cut apart in Lua. The
---- upstream's variables are read only when the request had an upstream.
+--- the member its last try went to. Each value is its own ngx.var read inside this (compiled)
+--- function: measured with wrk on the compiled path, one variable that nginx maps to all of them
+--- joined cost as much (nginx evaluates its variables twice, for its length and for its text, and
+--- Lua has to cut it apart). The upstream's variables are read only when there was an upstream.
 function M.log(scope_var)
   local var = ngx.var
   local scope = var[scope_var]
