@@ -169,6 +169,8 @@ def test_static_mode_says_l7_metrics_are_unavailable(host, status_backend):  # n
     text = wait_for(lambda: _scrape(address), 20, "a scrape")
     assert "clb_http_metrics_available 0\n" in text
     assert "clb_http_requests_total" not in text
+    # open connections per listener come from the kernel: in static mode too
+    assert 'clb_http_listener_connections{listener="lbl-n",load_balancer="lb-m"} 0.0' in text
     assert 'clbagent_applies_total{result="applied"} 1.0' in text
 
 
