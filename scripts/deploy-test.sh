@@ -83,7 +83,7 @@ if [ "$strategy" != linear ]; then
 fi
 
 phase "running the playbook ($strategy)"
-timeout "${CLB_DEPLOY_PLAY_TIMEOUT:-900}" ansible-playbook -i "$run/inventory.ini" -e "@$run/vars.yml" ansible/playbook.yml
+timeout "${CLB_DEPLOY_PLAY_TIMEOUT:-900}" ansible-playbook -i "$run/inventory.ini" -e "@$run/vars.yml" ansible/playbook.yml </dev/null
 
 phase "verifying with testinfra"
 set +e

@@ -29,18 +29,20 @@ if [ "$rc" -ne 0 ]; then exit "$rc"; fi
 
 limit=${CLB_VM_PHASE_TIMEOUT:-1200}
 # Runs one phase in the background: its own process group under timeout (which signals the whole
-# group, then kills it 120 s later, time enough for the VM to be shut down).
+# group, then kills it 120 s later, time enough for the VM to be shut down). Neither reads stdin:
+# QEMU makes a shared one non-blocking, which Ansible refuses.
 start_phase() {
-  local name=$1
+  local name=$1 code=0
   shift
   rm -f "$logs/$name.rc"
   {
     SECONDS=0
-    timeout --kill-after=120 "$limit" "$@" 2>&1
-    echo "$? $SECONDS" >"$logs/$name.rc"
+    timeout --kill-after=120 "$limit" "$@" </dev/null 2>&1 || code=$?
+    echo "$code $SECONDS" >"$logs/$name.rc"
   } | tee "$logs/$name.log" | sed -u "s/^/[$name] /" &
 }
-start_phase kernel bash scripts/vm-test.sh
+# vm-run.sh bounds its VM in a process group of its own: the same bound.
+CLB_VM_TIMEOUT=$limit start_phase kernel bash scripts/vm-test.sh
 start_phase deploy bash scripts/deploy-test.sh
 wait
 rc=0
