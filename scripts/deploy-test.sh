@@ -87,7 +87,7 @@ timeout "${CLB_DEPLOY_PLAY_TIMEOUT:-900}" ansible-playbook -i "$run/inventory.in
 
 phase "verifying with testinfra"
 set +e
-CLB_DEPLOY_RUN=$run timeout "${CLB_DEPLOY_TEST_TIMEOUT:-2400}" .venv/bin/python -m pytest -q -p no:cacheprovider -rfE \
+CLB_DEPLOY_RUN=$run timeout "${CLB_DEPLOY_TEST_TIMEOUT:-2400}" .venv/bin/python -m pytest -v -p no:cacheprovider -rfE \
   --tb=short --durations=0 --durations-min=1 tests/deploy "$@"
 rc=$?
 set -e

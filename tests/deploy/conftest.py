@@ -109,8 +109,12 @@ def backends(host) -> Iterator[tuple[str, ...]]:
         host.run(f"systemctl stop clb-backend-{ip}")
 
 
+def vip_curl(path: str = "/", scheme: str = "http", port: int = 8080) -> str:
+    """The shell command of one request to the VIP (www.example.com), run inside the VM."""
+    return f"curl -sfk --max-time 10 --resolve www.example.com:{port}:{VIP} {scheme}://www.example.com:{port}{path}"
+
+
 def vip_get(host, path: str = "/", scheme: str = "http", port: int = 8080) -> str:
-    """The body of one request to the VIP (www.example.com), or '' when it failed."""
-    cmd = f"curl -sfk --max-time 10 --resolve www.example.com:{port}:{VIP} {scheme}://www.example.com:{port}{path}"
-    result = host.run(cmd)
+    """The body of one request to the VIP, or '' when it failed."""
+    result = host.run(vip_curl(path, scheme, port))
     return result.stdout.strip() if result.rc == 0 else ""
