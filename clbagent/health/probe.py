@@ -24,7 +24,7 @@ from clbagent.health.spec import Check
 Done = Callable[[bool | None, str], None]
 Start = Callable[[], bool]  # starts one probe; False when it could not be sent now
 LATE = 0.5  # a deadline handled this late was the agent's fault, not the target's
-TICK = 0.02  # the checker's clock: probes start, answers are read and deadlines expire on this grid
+TICK = 0.05  # the checker's clock: probes start, answers are read and deadlines expire on this grid
 IP_BIND_ADDRESS_NO_PORT = 24
 
 
