@@ -129,7 +129,11 @@ class SynProber:
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
         _attach(sock, DROP_ALL)  # it only sends: the answers go to the receiving socket
         _dont_fragment(sock)
-        sock.bind((source, 0))
+        try:
+            sock.bind((source, 0))
+        except OSError:
+            sock.close()
+            raise
         self._tx[source] = sock
         return sock
 
