@@ -2,8 +2,8 @@
 # The deployment test: boots a throwaway systemd VM (scripts/sysvm.sh), deploys clbagent on it
 # with the Ansible role (ansible/playbook.yml; the agent is the Debian package packaging/build-deb.sh
 # builds here, since the VM has no network), then verifies the host with pytest-testinfra
-# (tests/deploy). The VM is shut
-# down at the end whatever happens. Returns pytest's exit code; extra arguments go to pytest.
+# (tests/deploy). The VM is shut down at the end whatever happens. Returns pytest's exit code;
+# extra arguments go to pytest.
 #
 #   scripts/deploy-test.sh                 # everything
 #   scripts/deploy-test.sh -k watchdog     # some tests (the VM is still built and deployed)
