@@ -144,6 +144,11 @@ def test_status_socket_answers(host):
     assert status["load_balancers"]["lb-deploy"]["result"] == "applied"
 
 
+def test_gateway_kernel_settings(host):
+    assert host.sysctl("net.ipv4.tcp_timestamps") == 0
+    assert "net.ipv4.tcp_timestamps = 0" in host.file("/etc/sysctl.d/60-clbagent.conf").content_string
+
+
 def test_metrics_listen_on_loopback_only(host):
     listening = [line.split()[3] for line in host.check_output("ss -ltnH").splitlines()]
     metrics = [address for address in listening if address.endswith(":9489")]
