@@ -2,7 +2,10 @@
 --- balancer and log phases of one request, in a loop, against stand-ins for nginx's shared dicts
 --- and ngx.balancer (Lua tables: nginx's own C side is not measured). Prints the time per request
 --- and the bytes of Lua memory allocated per request with the garbage collector stopped (0: the
---- request path allocates nothing, so it never makes the collector run).
+--- request path allocates nothing, so it never makes the collector run). It is a diagnostic, not
+--- the user's path and without a reference: bench/dynamic_bench.py measures that path (wrk through
+--- nginx, dynamic against a static upstream in the same run); this one shows how much of its gap
+--- is this repository's Lua (a fixed-peer loop as a reference is compiled away by LuaJIT).
 ---
 --- Run:  luajit bench/balancer_micro.lua [requests] [wrr|least_conn|ip_hash]   (from the repository root)
 package.path = "clbagent/lua/?.lua;" .. package.path
