@@ -1,6 +1,6 @@
 """Small HTTP backends for the demo: each answers every request with its own name.
 
-    python3 scripts/demo-backends.py web-1=127.0.20.1:9001 web-2=127.0.20.2:9001 ...
+python3 scripts/demo-backends.py web-1=127.0.20.1:9001 web-2=127.0.20.2:9001 ...
 """
 
 from __future__ import annotations
