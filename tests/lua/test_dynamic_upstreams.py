@@ -7,6 +7,7 @@ import collections
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -311,6 +312,28 @@ def test_reload_keeps_what_the_channel_sent(lua_nginx: Callable[..., LuaNginx], 
         assert after.versions == before.versions
         assert not differences(sent, after)
     assert set(hits(served, "pool", 10)) == {"b"}
+
+
+def test_workers_see_changes_through_the_gen_word_across_reloads(lua_nginx: Callable[..., LuaNginx], backends) -> None:
+    """The change counter the workers read on every request is the file nginx's master maps at
+    start and at every reload: every change moves it, and a reload maps the same bytes again."""
+    a, b = backends("a"), backends("b")
+    served = lua_nginx({"pool": Upstream((member(a),))})
+    word = served.prefix / "run" / "upstreams.gen"
+
+    def gen() -> float:
+        return struct.unpack("=d", word.read_bytes())[0]
+
+    first = gen()
+    with served.channel() as ch:
+        ch.send({"pool": Upstream((member(b),))})
+        assert gen() > first
+        assert set(hits(served, "pool", 6)) == {"b"}
+        served.nginx.reload()
+        moved = gen()
+        ch.send({"pool": Upstream((member(a),))})
+        assert gen() > moved, "the new master mapped the same file"
+        assert set(hits(served, "pool", 6)) == {"a"}
 
 
 def test_changed_dict_size_loses_state_and_a_resend_restores_it(lua_nginx: Callable[..., LuaNginx], backends) -> None:

@@ -54,12 +54,19 @@ local version_key = setmetatable({}, { -- "v:<name>" per upstream name of the co
 })
 
 --- The per-worker form of upstream ``name`` at its current version, or nil when nginx holds none.
---- The common case costs one read of a short key: when the dict's change counter ("gen") is the one
---- this upstream was last checked at, nothing changed since; otherwise its version is read (and the
---- upstream decoded again only when that moved). The counter moves after a version does, and is
---- read before it: a change is seen by the very next request.
+--- The common case costs one memory read (the gen word, see clb.store; the dict's "gen" where it
+--- could not be mapped): when the change counter is the one this upstream was last checked at,
+--- nothing changed since; otherwise its version is read (and the upstream decoded again only when
+--- that moved). The counter moves after a version does, and is read before it: a change is seen by
+--- the very next request.
 function M.upstream(name)
-  local gen = upstreams:get(GEN)
+  local word = store.word
+  local gen
+  if word then
+    gen = word[0]
+  else
+    gen = upstreams:get(GEN)
+  end
   local up = cache[name]
   if up and gen and up.gen == gen then
     return up

@@ -79,10 +79,13 @@ function M.load_dir(dir)
     end
   end
   local instance = string.format("%d-%d", math.floor(ngx.now() * 1000), ngx.worker.pid())
-  local ok, serr = store.new(ngx.shared.clb_upstreams):seed(all, instance)
+  store.map_word(ngx.config.prefix() .. store.WORD_FILE)
+  local shm = store.new(ngx.shared.clb_upstreams)
+  local ok, serr = shm:seed(all, instance)
   if not ok then
     error("clb: " .. dir .. ": " .. serr, 0)
   end
+  shm:publish()
 end
 
 return M

@@ -6,12 +6,66 @@
 ---   "gen" a counter moved after every change of any "v:" key, so that one short read tells a
 ---   worker whether anything changed since it last looked (see clb.balancer).
 --- Writes use safe_set: a full dict refuses the write instead of evicting another upstream.
+---
+--- "gen" is also mirrored in the gen word: 8 bytes of the file ``run/upstreams.gen`` of nginx's
+--- prefix, mapped shared by the master (init_by_lua, at start and every reload) and so by every
+--- worker it forks, of this generation and the next ones. A worker compares it with the value it
+--- last saw with one memory read, without the dict's lock and lookup. The writer stores the value
+--- its own incr of "gen" returned, after the change; a reader that sees a value reads the versions
+--- after it, so it sees every change made before that value was handed out.
 local cjson = require("cjson.safe")
+local ffi = require("ffi")
 
 local M = {}
 M.__index = M
 
 M.GEN = "gen"
+M.WORD_FILE = "run/upstreams.gen"
+
+ffi.cdef([[
+int open(const char *path, int flags, ...);
+int close(int fd);
+int ftruncate(int fd, int64_t length);
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset);
+int munmap(void *addr, size_t length);
+]])
+local O_RDWR, PROT_RW, MAP_SHARED, WORD = 2, 3, 1, 8
+
+--- Map the gen word from ``path`` (created when missing); M.word is then a double[1] in shared
+--- memory, else nil (the balancer then reads "gen" from the dict: slower, as correct). The mapping
+--- goes away with the Lua state that made it (a reload replaces the master's).
+function M.map_word(path)
+  M.word = nil
+  local f = io.open(path, "ab")
+  if not f then
+    return nil
+  end
+  f:close()
+  local fd = ffi.C.open(path, O_RDWR)
+  if fd < 0 then
+    return nil
+  end
+  local p = nil
+  if ffi.C.ftruncate(fd, WORD) == 0 then
+    p = ffi.C.mmap(nil, WORD, PROT_RW, MAP_SHARED, fd, 0)
+  end
+  ffi.C.close(fd)
+  if p == nil or ffi.cast("intptr_t", p) == -1 then
+    return nil
+  end
+  M.word = ffi.gc(ffi.cast("double *", p), function(w)
+    ffi.C.munmap(w, WORD)
+  end)
+  return M.word
+end
+
+--- Make the gen word say the dict's "gen" (after seeding: values left by an earlier nginx or dict
+--- mean nothing to the new one).
+function M:publish()
+  if M.word then
+    M.word[0] = self.dict:get(M.GEN) or 0
+  end
+end
 
 function M.new(dict)
   return setmetatable({ dict = dict }, M)
@@ -20,7 +74,10 @@ end
 --- After a "v:" key changed: a reader that saw the old "gen" looks at the versions again. (Moved
 --- after the change, never before: a reader that sees the new "gen" then reads the new version.)
 function M:changed()
-  self.dict:incr(M.GEN, 1, 0)
+  local gen = self.dict:incr(M.GEN, 1, 0)
+  if gen and M.word then
+    M.word[0] = gen
+  end
 end
 
 --- The key of an upstream's version ("v:<name>"): the balancer reads it on every request.
