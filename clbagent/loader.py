@@ -9,16 +9,19 @@ works on data only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
 from clbagent.errors import Code, Issue
-from clbagent.settings import DEFAULT_SETTINGS, Settings
+
+if TYPE_CHECKING:  # imported when needed: a memo check (clbagent.l7.memo) reads files without pydantic
+    from clbagent.settings import Settings
 
 SUFFIXES = (".yaml", ".yml", ".json")
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster than pure Python
@@ -197,10 +200,11 @@ class _YamlBuilder:
         return out
 
 
-def parse_text(text: str, source: str, settings: Settings = DEFAULT_SETTINGS) -> list[tuple[str, Any]]:
+def parse_text(text: str, source: str, settings: Settings | None = None) -> list[tuple[str, Any]]:
     """Documents in one text: JSON, or YAML with one or more ``---`` separated documents.
     Raises :class:`DocumentError` for input outside the bounds, ``ValueError``/``yaml.YAMLError``
     for text that does not parse."""
+    settings = settings or _defaults()
     if source.endswith(".json"):
         try:
             found = [json.loads(text)]
@@ -323,9 +327,16 @@ def _real_name(doc_dir: str, name: str, memo: dict[str, str]) -> str:
 
 
 def read_cert_files(
-    raw: Any, doc_dir: Path, cert_dir: Path, source: str, settings: Settings, resolved: dict[str, str] | None = None
+    raw: Any,
+    doc_dir: Path,
+    cert_dir: Path,
+    source: str,
+    settings: Settings,
+    resolved: dict[str, str] | None = None,
+    seen: Seen | None = None,
 ) -> list[Issue]:
-    """Fill ``CertContent``/``CertKey`` of a raw document from the files it names, inside ``cert_dir``."""
+    """Fill ``CertContent``/``CertKey`` of a raw document from the files it names, inside ``cert_dir``.
+    ``seen``: where each read and its outcome are noted (see :func:`load`)."""
     issues: list[Issue] = []
     certs = raw.get("Certificates") if isinstance(raw, dict) else None
     if not isinstance(certs, list):
@@ -338,19 +349,45 @@ def read_cert_files(
             if not isinstance(name, str) or content_key in cert:
                 continue
             try:
-                cert[content_key] = read_cert_file(name, doc_dir, cert_dir, settings.cert_file_max_bytes, resolved)
+                text = cert[content_key] = read_cert_file(
+                    name, doc_dir, cert_dir, settings.cert_file_max_bytes, resolved
+                )
             except DocumentError as exc:
                 issues.append(Issue(f"{source}/Certificates[{i}]/{file_key}", exc.code, str(exc)))
+                text = refusal(exc)
+            if seen is not None:
+                seen.append(("cert", name, os.fspath(doc_dir), os.fspath(cert_dir), digest(text.encode())))
     return issues
 
 
+Seen = list[tuple[str, ...]]  # ("doc", path, digest) and ("cert", name, doc_dir, cert_dir, digest)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def refusal(exc: DocumentError) -> str:
+    """A refused certificate file as noted in ``seen``: the same refusal gives the same digest."""
+    return f"refused: {exc.code} {exc}"
+
+
+def read_document_file(path: Path, limit: int) -> str:
+    """The text of one document file; :class:`DocumentError` (bounds) or ``OSError``,
+    ``UnicodeDecodeError``, ``ValueError`` when it cannot be read."""
+    return read_bounded(path, limit).decode()
+
+
 def load(
-    paths: list[Path], cert_dir: Path | None = None, settings: Settings = DEFAULT_SETTINGS
+    paths: list[Path], cert_dir: Path | None = None, settings: Settings | None = None, seen: Seen | None = None
 ) -> tuple[list[tuple[str, Any]], list[Issue]]:
     """Raw documents from paths, plus issues for files that cannot be read or parsed.
 
     ``cert_dir`` (else ``settings.cert_dir``, else each document's own directory) is the only
-    directory ``CertFile``/``CertKeyFile`` may be read from."""
+    directory ``CertFile``/``CertKeyFile`` may be read from. ``seen``, if given, gets every file
+    read and a digest of what was read (or of why it could not be), in order: a later run can
+    tell whether it would read the same (see :mod:`clbagent.l7.memo`)."""
+    settings = settings or _defaults()
     docs: list[tuple[str, Any]] = []
     issues: list[Issue] = []
     resolved: dict[str, str] = {}
@@ -361,19 +398,23 @@ def load(
     for f in files:
         source = shown(f)
         try:
-            text = read_bounded(f, settings.max_document_bytes).decode()
+            text = read_document_file(f, settings.max_document_bytes)
         except DocumentError as exc:
             issues.append(Issue(source, exc.code, f"document refused: {exc}"))
-            continue
+            text = None
         except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the name
             why = getattr(exc, "strerror", None) or ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc)
             issues.append(Issue(source, Code.RESOURCE_NOT_FOUND, f"cannot read the file: {why}"))
+            text = None
+        if seen is not None:
+            seen.append(("doc", os.fspath(f), digest(text.encode()) if text is not None else "unreadable"))
+        if text is None:
             continue
         found, refused = read_documents(text, source, settings)
         issues.extend(refused)
         allowed = cert_dir or settings.cert_dir or f.parent
         for src, raw in found:
-            issues.extend(read_cert_files(raw, f.parent, allowed, src, settings, resolved))
+            issues.extend(read_cert_files(raw, f.parent, allowed, src, settings, resolved, seen))
             docs.append((src, raw))
     return docs, issues
 
@@ -388,3 +429,9 @@ def read_documents(text: str, source: str, settings: Settings) -> tuple[list[tup
         return [], [Issue(where, exc.code, f"document refused: {exc}")]
     except (yaml.YAMLError, ValueError) as exc:
         return [], [Issue(source, Code.FORMAT_ERROR, f"not valid YAML/JSON: {parse_problem(exc)}")]
+
+
+def _defaults() -> Settings:
+    from clbagent.settings import DEFAULT_SETTINGS
+
+    return DEFAULT_SETTINGS

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, print_issues, read_state
+from clbagent.l7.memo import Run, answer, note_state, written_digests
+from clbagent.l7.memo import add_argument as add_cache_argument
 
 REDACTED = "(private key: never printed)"
 
@@ -22,6 +24,7 @@ def add_parser(sub: Any) -> None:
         "Private keys are written by --out only: they are never printed.",
     )
     add_state_arguments(p)
+    add_cache_argument(p)
     p.add_argument("--dry-run", action="store_true", help="print what would be applied (the default)")
     p.add_argument(
         "--out",
@@ -58,11 +61,20 @@ def upstreams_mode(asked: str | None) -> tuple[str, str]:
 
 
 def run(args: Any) -> int:
+    return answer(args, lambda noted: render(args, noted), args.out)
+
+
+def render(args: Any, noted: Run | None) -> int:
+    """The full run (see :mod:`clbagent.l7.memo` for the one that answers from a record)."""
     from clbagent.l4 import plan_ipvs
     from clbagent.l7 import DEFAULT_PREFIX, PrefixError, compile_nginx, write_prefix
+    from clbagent.l7.compile import LUA_MODULE
 
-    state, load_issues = read_state(args)
+    state, load_issues = read_state(args, None if noted is None else noted.seen)
     mode, why = upstreams_mode(args.upstreams)
+    if noted is not None:
+        note_state(noted, state)
+        noted.facts[str(LUA_MODULE)] = LUA_MODULE.exists()
     prefix = DEFAULT_PREFIX if args.out is None else str(args.out.resolve())
     nginx, ipvs = compile_nginx(state, prefix=prefix, dynamic=mode == "dynamic"), plan_ipvs(state)
     issues = load_issues + state.issues + nginx.warnings + ipvs.warnings
@@ -72,6 +84,8 @@ def run(args: Any) -> int:
         except (PrefixError, OSError) as exc:
             print(f"clbagent render: cannot write the prefix: {exc}", file=sys.stderr)
             return EXIT_INVALID
+        if noted is not None:
+            noted.written = written_digests(nginx.files)
     if args.format == "json":
         files = {path: REDACTED if path.endswith(".key") else text for path, text in nginx.files.items()}
         errors = [i.to_dict() for i in issues]

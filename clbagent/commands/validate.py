@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from clbagent.commands import EXIT_INVALID, EXIT_OK, add_state_arguments, compile_state, print_issues, read_state
+from clbagent.l7.memo import Run, answer, note_state
+from clbagent.l7.memo import add_argument as add_cache_argument
 
 
 def add_parser(sub: Any) -> None:
@@ -20,6 +22,7 @@ def add_parser(sub: Any) -> None:
         "count (--json lists each); warnings do not change the exit code.",
     )
     add_state_arguments(p)
+    add_cache_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of {code, path, message, severity}")
     p.add_argument(
         "--previous",
@@ -32,10 +35,19 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: Any) -> int:
+    if args.previous:  # the answer depends on more documents: not recorded
+        return check(args, None)
+    return answer(args, lambda noted: check(args, noted))
+
+
+def check(args: Any, noted: Run | None) -> int:
+    """The full run (see :mod:`clbagent.l7.memo` for the one that answers from a record)."""
     from clbagent.loader import load
     from clbagent.validate import check_transition, validate_documents
 
-    state, load_issues = read_state(args)
+    state, load_issues = read_state(args, None if noted is None else noted.seen)
+    if noted is not None:
+        note_state(noted, state)
     if args.previous:
         docs, _ = load(args.previous)
         check_transition(validate_documents(docs, state.settings), state)

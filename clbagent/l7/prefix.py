@@ -12,11 +12,14 @@ symlink found in place of a file is replaced, never followed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .compile import NginxConfig
+if TYPE_CHECKING:
+    from .compile import NginxConfig
 
 RUNTIME_DIRS = {"logs": None, "run": 0o700, "tmp": None}  # None: created 0755, mode left alone
 MANAGED_DIRS = {"conf.d": 0o755, "upstreams": 0o755, "certs": 0o700, "ca": 0o700}
@@ -88,7 +91,7 @@ def write_prefix(cfg: NginxConfig, out: Path) -> list[str]:
     root = str(out)
     changed = []
     for rel, text in cfg.files.items():
-        mode = 0o644 if rel.startswith(READABLE) else 0o600
+        mode = file_mode(rel)
         folder, _, name = rel.rpartition("/")
         present = name in listed[folder] if folder in listed else True
         if _write(os.path.join(root, rel), text, mode, present):
@@ -100,6 +103,39 @@ def write_prefix(cfg: NginxConfig, out: Path) -> list[str]:
                 os.unlink(os.path.join(root, rel))
                 changed.append(rel)
     return changed
+
+
+def file_mode(rel: str) -> int:
+    return 0o644 if rel.startswith(READABLE) else 0o600
+
+
+def holds(out: Path, digests: dict[str, str]) -> bool:
+    """Whether ``out`` is a prefix as :func:`write_prefix` leaves it for a file set whose files
+    have these SHA-256 ``digests``: the same directories and modes, the same files in the managed
+    directories (no others), each a regular file with the same content and mode."""
+    try:
+        for name, mode in (RUNTIME_DIRS | MANAGED_DIRS).items():
+            info = os.lstat(out / name)
+            if not stat.S_ISDIR(info.st_mode) or (mode is not None and stat.S_IMODE(info.st_mode) != mode):
+                return False
+        listed = {f"{folder}/{name}" for folder in MANAGED_DIRS for name in _files(out / folder)}
+    except OSError:
+        return False
+    if listed != {rel for rel in digests if "/" in rel}:
+        return False
+    return all(_digest_is(os.path.join(out, rel), digest, file_mode(rel)) for rel, digest in digests.items())
+
+
+def _digest_is(path: str, digest: str, mode: int) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) != mode:
+            return False
+        return hashlib.sha256(f.read()).hexdigest() == digest
 
 
 def _files(folder: Path) -> set[str]:

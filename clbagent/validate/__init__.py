@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from clbagent.errors import Code, Issue
@@ -20,7 +20,7 @@ from clbagent.personalized_config import parse_customized
 from clbagent.settings import DEFAULT_SETTINGS, Settings
 from clbagent.tls_policies import CIPHER_TOKENS, NAMED_POLICIES
 from clbagent.validate.catalog import Catalog
-from clbagent.validate.certs import check_certificate, now_utc
+from clbagent.validate.certs import check_certificate, load_chain, now_utc
 from clbagent.validate.listeners import Findings, check_listeners, check_vips, port_family
 from clbagent.validate.references import check_references
 from clbagent.validate.structure import validate_structure
@@ -62,10 +62,28 @@ class DesiredState:
     def ok(self) -> bool:
         return all(d.ok for d in self.documents)
 
+    def stable_until(self, now: datetime) -> datetime | None:
+        """When validating the same input may first give another answer (after ``now``): a
+        certificate seen here expires or enters its warning window. None: not before the input changes."""
+        days = timedelta(days=self.settings.cert_expiry_warning_days)
+        ends = [end for d in self.documents if d.model is not None for end in _expiries(d.model.certificates)]
+        return min((t for end in ends for t in (end - days, end) if t > now), default=None)
+
     def load_balancers(self) -> dict[str, LoadBalancer]:
         """The valid load balancers by ID, as they are to be served: quarantined documents and
         stopped listeners (with the redirects that involve them) are left out."""
         return {d.root: lb for d in self.documents if (lb := serving(d)) is not None}
+
+
+def _expiries(certificates: list[Certificate]) -> list[datetime]:
+    """The expiry of each certificate's leaf (of those that parse: the others' errors do not age)."""
+    out = []
+    for cert in certificates:
+        try:
+            out.append(load_chain(cert.cert_content or "")[0].not_valid_after_utc)
+        except (ValueError, IndexError):
+            continue
+    return out
 
 
 def serving(doc: DocumentResult) -> LoadBalancer | None:
