@@ -12,15 +12,19 @@ scrape costs at 1,000 load balancers.
    and per CPU second of the worker; the median and the spread of the per-round ratios.
    Then the log phase alone: called in a loop inside the counted nginx after that traffic (so
    LuaJIT compiled it as the requests ran), in CPU time, against one not-counted request's CPU.
-2. Scrape: 1,000 load balancers (two rules each, one target) compiled as the agent does, served
+2. Instructions: the counted and the not-counted nginx under callgrind in turn (wrk -c8 for some
+   seconds after a warm-up): user-space instructions per request of the worker, a figure that
+   the host's other load does not move. Kernel time (the sockets) is left out, so the share of
+   counting is larger than in CPU time.
+3. Scrape: 1,000 load balancers (two rules each, one target) compiled as the agent does, served
    by nginx; each rule and each domain's 404 receives a request; then the agent's metrics
    endpoint is scraped by curl: series count, wall-clock time and the CPU time of nginx's worker
    and of the agent per scrape, against a scrape of the agent's own families only and against the
    raw read of nginx's counters, in the same run.
 
-Run:  nice -n 10 .venv/bin/python bench/metrics_bench.py [--only path|scrape] [--seconds 2] [--rounds 10]
+Run:  nice -n 10 .venv/bin/python bench/metrics_bench.py [--only path|instructions|scrape] [--seconds 2] [--rounds 10]
       [--lbs 1000] [--scrapes 20]
-Hold /tmp/clb-locks/bench_wrk while the request-path part runs on a shared host.
+Hold /tmp/clb-locks/bench_wrk while the request-path and instruction parts run on a shared host.
 Goals: counted/not counted ≥ 95%; scrape ≤ 100 ms at 1,000 load balancers.
 """
 
@@ -51,7 +55,7 @@ import bench.dynamic_bench as dyn  # noqa: E402
 from bench.dynamic_bench import COMMON, Backends, Front, free_port, prefix_dirs, start  # noqa: E402
 from clbagent.agent.metrics import AgentMetrics  # noqa: E402
 from clbagent.l7 import compile_nginx, write_prefix  # noqa: E402
-from clbagent.nginx.metrics_channel import SCOPE_VAR, read_text  # noqa: E402
+from clbagent.nginx.metrics_channel import LOG_VAR, SCOPE_VAR, read_text  # noqa: E402
 from clbagent.nginx.process import Nginx  # noqa: E402
 from clbagent.nginx.upstreams_channel import SOCKET  # noqa: E402
 from clbagent.settings import Settings  # noqa: E402
@@ -68,9 +72,9 @@ server {{
         local log, n = require("clb.metrics").log, tonumber(ngx.var.arg_n)
         local function nothing() end
         local t0 = os.clock()
-        for _ = 1, n do nothing("{SCOPE_VAR}") end
+        for _ = 1, n do nothing("{LOG_VAR}") end
         local t1 = os.clock()
-        for _ = 1, n do log("{SCOPE_VAR}") end
+        for _ = 1, n do log("{LOG_VAR}") end
         ngx.say((os.clock() - t1 - (t1 - t0)) / n)
     }} }}
 }}
@@ -148,6 +152,28 @@ def log_phase_alone(front: Front) -> float:
     counted = sum(x.value for f in families if f.name == "clb_http_requests" for x in f.samples)
     print(f"  requests counted by the counted nginx: {counted:,.0f}")
     return statistics.median(calls)
+
+
+def instructions(work: Path, warm: int, seconds: int) -> None:
+    """The not-counted and the counted nginx under callgrind in turn: user-space instructions per
+    request of the worker, and their ratio."""
+    dyn.BACK = PATH_BACK
+    backends = Backends(work)
+    port = free_port(PATH_FRONT.format(1))
+    got = {}
+    try:
+        for i, name in enumerate((PLAIN, COUNTED)):
+            front = Front(work / name, name, PATH_FRONT.format(i + 1), port, backends, serve=False)
+            got[name] = front.instructions(warm, seconds)
+    finally:
+        backends.close()
+    (plain, n_plain), (counted, n_counted) = got[PLAIN], got[COUNTED]
+    print(
+        f"instructions per request of the nginx worker (callgrind, user space only, {seconds} s of wrk -c8 each): "
+        f"not counted {plain:,.0f} ({n_plain} requests), counted {counted:,.0f} ({n_counted} requests); "
+        f"counting adds {counted - plain:,.0f} ({(counted - plain) / plain:.1%}); not counted/counted = "
+        f"{plain / counted:.1%}"
+    )
 
 
 def documents(n: int, back_port: int) -> list[tuple[str, dict]]:
@@ -252,7 +278,7 @@ def scrape(work: Path, lbs: int, repeats: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=("path", "scrape"), help="run one part only")
+    ap.add_argument("--only", choices=("path", "instructions", "scrape"), help="run one part only")
     ap.add_argument("--seconds", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--lbs", type=int, default=1000)
@@ -264,9 +290,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="clb-metricsbench-"))
     work.chmod(0o755)
     try:
-        if args.only != "scrape":
+        if args.only in (None, "path"):
             request_path(work / "path", args.seconds, args.rounds)
-        if args.only != "path":
+        if args.only in (None, "instructions"):
+            if shutil.which("valgrind"):
+                instructions(work / "instructions", 5, 10)
+            else:
+                print("instructions: valgrind is not installed (scripts/apt-packages-lua.txt)")
+        if args.only in (None, "scrape"):
             scrape(work / "scrape", args.lbs, args.scrapes)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -17,8 +17,24 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
-# Longer than 32 characters: no named capture of a user's regex can set it (see l7/names.py).
+# Longer than 32 characters: no named capture of a user's regex can set them (see l7/names.py).
 SCOPE_VAR = "clb_scope_" + hashlib.sha256(b"metrics scope").hexdigest()[:32]
+LOG_VAR = "clb_log_" + hashlib.sha256(b"metrics log").hexdigest()[:25]
+# What the log phase reads, in one variable (clb.metrics parses it in this order): one read of
+# nginx's variables costs as much as the Lua that buffers the request. The times are "%T.%03M"
+# per try; the scope comes last, so nothing it holds can shift the other values. The status and
+# the request's time come from the Lua module's FFI calls, which format no text.
+LOG_FIELDS = "|".join(
+    (
+        "$request_length",
+        "$bytes_sent",
+        "$connection_requests",
+        "$upstream_header_time",
+        "$upstream_response_time",
+        "$upstream_addr",
+        f"${SCOPE_VAR}",
+    )
+)
 SHARED_DICT = "clb_metrics"
 DICT_SIZE = "32m"  # a fixed size: a changed size would empty the counters at the next reload
 _DOMAIN_SAFE = "*._-"  # kept as they are (with letters and digits); everything else is %XX
@@ -74,14 +90,17 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def http_lines() -> tuple[str, str, str, str]:
-    """The http-level pieces of counting: the dict, the default of the scope variable,
-    the module loaded in the master, the flush timer of each worker, and the log-phase call."""
+    """The http-level pieces of counting: the dict, the default of the scope variable and the
+    variable that joins the log phase's values, the module loaded in the master, the flush timer
+    of each worker, and the log-phase call."""
     return (
-        # the scope is "" wherever no server or location of ours sets it (no warning, not counted)
-        f'    lua_shared_dict {SHARED_DICT} {DICT_SIZE};\n    map "" ${SCOPE_VAR} {{ default ""; }}\n',
+        # the scope is "" wherever no server or location of ours sets it (no warning, not counted);
+        # a map's value is computed when it is read: in the log phase, once per request
+        f'    lua_shared_dict {SHARED_DICT} {DICT_SIZE};\n    map "" ${SCOPE_VAR} {{ default ""; }}\n'
+        f'    map "" ${LOG_VAR} {{ default "{LOG_FIELDS}"; }}\n',
         'require("clb.metrics")',
         '    init_worker_by_lua_block { require("clb.metrics").start() }\n',
-        f'require("clb.metrics").log("{SCOPE_VAR}")',
+        f'require("clb.metrics").log("{LOG_VAR}")',
     )
 
 

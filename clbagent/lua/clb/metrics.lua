@@ -1,23 +1,29 @@
 --- L7 metrics counted inside nginx (docs/metrics.md).
 ---
 --- Every location the compiler writes sets a variable to its scope, "<lb>/<listener>/<rule>/<domain>"
---- made of configuration IDs only (the domain percent-encoded); the log phase adds the request to
---- that scope and to the backend member that answered last. Nothing a client sends becomes a key,
+--- made of configuration IDs only (the domain percent-encoded); the request is counted under that
+--- scope and under the backend member that answered last. Nothing a client sends becomes a key,
 --- so the number of keys is bounded by the configuration.
 ---
---- Each worker adds into plain Lua tables (no lock, no allocation per request) and merges them
---- into lua_shared_dict clb_metrics once a second, when it exits, and directly while it drains
---- after a reload. The dict keeps its contents across a reload while its size is unchanged; a
---- restart empties it (the counters start again at zero, as Prometheus expects of a restart).
+--- The log phase does as little as it can: it reads one nginx variable that holds the request's
+--- values joined (clbagent/nginx/metrics_channel.py: LOG_FIELDS) and keeps that string in a
+--- buffer of the worker. The buffer is added into plain Lua tables in one loop, which LuaJIT
+--- compiles and which runs with its data in the cache: when it is full, before every flush and
+--- before the control channel answers the counters. Each worker merges the tables into
+--- lua_shared_dict clb_metrics once a second, when it exits, and directly while it drains after a
+--- reload. The dict keeps its contents across a reload while its size is unchanged; a restart
+--- empties it (the counters start again at zero, as Prometheus expects of a restart).
 ---
 --- Shared-dict keys: "\2<scope>" and "\3<scope>\t<member>", each one record of doubles
 --- (clb.metrics_text); "\1<key>" locks a record while a worker merges into it. /metrics on the
 --- control channel answers their Prometheus text; the agent adds it to its own.
 local cjson = require("cjson.safe")
+local new_tab = require("table.new")
 local text = require("clb.metrics_text")
 
 local ngx = ngx
-local tonumber, pairs, byte, find, match, sub = tonumber, pairs, string.byte, string.find, string.match, string.sub
+local ngx_var, now, start_time = ngx.var, ngx.now, ngx.req.start_time
+local tonumber, pairs, byte, find, sub, floor = tonumber, pairs, string.byte, string.find, string.sub, math.floor
 
 local M = {}
 
@@ -25,7 +31,9 @@ local BUCKETS, NB = text.BUCKETS, #text.BUCKETS
 local FLUSH_SECONDS = 1
 local LOCK_SECONDS = 1 -- a lock whose holder died frees itself after this
 local LOCK_TRIES = 1000
-
+local BATCH = 512 -- requests kept before they are added into the counters
+M.BATCH = BATCH
+local SEP, DASH = 124, 45 -- "|" between the joined values, "-" for no time
 local REQ_B, REQ_L = text.REQ_B, text.REQ_L
 local S404_B, S404_L, S502_B, S502_L, S504_B, S504_L = text.S404_B, text.S404_L, text.S502_B, text.S502_L, text.S504_B, text.S504_L
 local TIMEOUTS, BYTES_IN, BYTES_OUT, NEW_CONNS = text.TIMEOUTS, text.BYTES_IN, text.BYTES_OUT, text.NEW_CONNS
@@ -36,6 +44,7 @@ local M_BYTES_IN, M_BYTES_OUT = text.M_BYTES_IN, text.M_BYTES_OUT
 
 local scopes = {} -- scope → array of NFIELDS numbers (this worker's counts since the last flush)
 local members = {} -- scope → member → array of MFIELDS numbers
+local draining = false -- the timer ran its last time: this worker exits after its last requests
 local keys = {} -- scope (or scope\tmember) → {record key, lock key}, built once
 
 local function zeros(n)
@@ -46,22 +55,41 @@ local function zeros(n)
   return t
 end
 
-local function bucket(seconds)
+local BUCKETS_MS = {} -- the bounds in whole milliseconds, as nginx writes its times
+for i = 1, NB do
+  BUCKETS_MS[i] = floor(BUCKETS[i] * 1000 + 0.5)
+end
+
+local function bucket(ms)
   for i = 1, NB do
-    if seconds <= BUCKETS[i] then
+    if ms <= BUCKETS_MS[i] then
       return i
     end
   end
   return NB + 1
 end
 
---- The last of nginx's per-try values, separated by ", " (tries) and " : " (internal redirects):
---- "0.003, 0.002 : 0.001", "10.0.0.1:80, 10.0.0.2:80".
-local function last(value)
-  if find(value, " ", 1, true) then
-    return match(value, "([^ ]+)$")
+--- Milliseconds of the time nginx writes as "%T.%03M" (seconds, a dot, three digits) at s[i..];
+--- nil for "-" (no time). Parsed by hand: tonumber() of a decimal fraction takes LuaJIT's exact
+--- decimal conversion, which costs more than the rest of the count.
+local function ms_at(s, i)
+  local dot = byte(s, i) ~= DASH and find(s, ".", i, true)
+  if not dot then
+    return nil
   end
-  return value
+  local whole = dot == i + 1 and byte(s, i) - 48 or tonumber(sub(s, i, dot - 1))
+  local d1, d2, d3 = byte(s, dot + 1, dot + 3)
+  return whole * 1000 + (d1 - 48) * 100 + (d2 - 48) * 10 + d3 - 48
+end
+
+--- The start of the last of nginx's per-try values in s[i..j], separated by ", " (tries) and
+--- " : " (internal redirects): "0.003, 0.002 : 0.001", "10.0.0.1:80, 10.0.0.2:80".
+local function last_start(s, i, j)
+  local sp = find(s, " ", i, true) -- a single try (the usual case) has no space
+  if not sp or sp > j then
+    return i
+  end
+  return i - 1 + find(sub(s, i, j), "[^ ]+$")
 end
 
 local function key_of(name, prefix)
@@ -108,8 +136,107 @@ local function merge(dict, k, counts, n, can_wait)
   return false
 end
 
+--- Add one request into this worker's counters: its status, its time in milliseconds (as
+--- $request_time has it) and its joined values (LOG_FIELDS), "<request_length>|<bytes_sent>|
+--- <connection_requests>|<upstream_header_time>|<upstream_response_time>|<upstream_addr>|<scope>",
+--- the upstream values empty without an upstream. Returns the scope, and the member's counts and
+--- address.
+local function add(status, rt_ms, s)
+  local c = find(s, "|", 1, true)
+  local bytes_in = tonumber(sub(s, 1, c - 1)) or 0
+  local d = find(s, "|", c + 1, true)
+  local bytes_out = tonumber(sub(s, c + 1, d - 1)) or 0
+  local e = find(s, "|", d + 1, true)
+  local new_conn = e == d + 2 and byte(s, d + 1) == 49 -- the connection's first request: "1"
+  local f = find(s, "|", e + 1, true)
+  local g = find(s, "|", f + 1, true)
+  local h = find(s, "|", g + 1, true)
+  local scope = sub(s, h + 1)
+  local counts = scopes[scope]
+  if not counts then
+    counts = zeros(NFIELDS)
+    scopes[scope] = counts
+  end
+  local class = status >= 100 and status < 600 and (status - status % 100) / 100 or 4 -- 0: no response
+  -- the backend answered when the last try's $upstream_header_time is a time, not "-"
+  local backend = f > e + 1 and byte(s, f - 1) ~= DASH
+  local src = backend and REQ_B or REQ_L
+  counts[src + class] = counts[src + class] + 1
+  if status == 404 then
+    local i = backend and S404_B or S404_L
+    counts[i] = counts[i] + 1
+  elseif status == 502 then
+    local i = backend and S502_B or S502_L
+    counts[i] = counts[i] + 1
+  elseif status == 504 then
+    local i = backend and S504_B or S504_L
+    counts[i] = counts[i] + 1
+    if not backend then
+      counts[TIMEOUTS] = counts[TIMEOUTS] + 1
+    end
+  end
+  counts[BYTES_IN] = counts[BYTES_IN] + bytes_in
+  counts[BYTES_OUT] = counts[BYTES_OUT] + bytes_out
+  if new_conn then
+    counts[NEW_CONNS] = counts[NEW_CONNS] + 1
+  end
+  counts[RT_SUM] = counts[RT_SUM] + rt_ms / 1000
+  local i = RT_BUCKET + bucket(rt_ms)
+  counts[i] = counts[i] + 1
+  if g == f + 1 then -- no upstream
+    return scope
+  end
+  local ut_ms = ms_at(s, last_start(s, f + 1, g - 1))
+  if not ut_ms then
+    return scope
+  end
+  local ut = ut_ms / 1000
+  counts[UT_SUM] = counts[UT_SUM] + ut
+  counts[UT_COUNT] = counts[UT_COUNT] + 1
+  i = UT_BUCKET + bucket(ut_ms)
+  counts[i] = counts[i] + 1
+  -- a member is an address of the configuration ("ip:port", "[v6]:port"), never an upstream name
+  local k = last_start(s, g + 1, h - 1)
+  local first = byte(s, k)
+  if k >= h or not (first == 91 or (first >= 48 and first <= 57)) then
+    return scope
+  end
+  local addr = sub(s, k, h - 1)
+  local by_member = members[scope]
+  if not by_member then
+    by_member = {}
+    members[scope] = by_member
+  end
+  local mc = by_member[addr]
+  if not mc then
+    mc = zeros(MFIELDS)
+    by_member[addr] = mc
+  end
+  local msrc = backend and M_REQ_B or M_REQ_L
+  mc[msrc + class] = mc[msrc + class] + 1
+  mc[M_UT_SUM] = mc[M_UT_SUM] + ut
+  mc[M_UT_COUNT] = mc[M_UT_COUNT] + 1
+  mc[M_BYTES_IN] = mc[M_BYTES_IN] + bytes_in
+  mc[M_BYTES_OUT] = mc[M_BYTES_OUT] + bytes_out
+  return scope, mc, addr
+end
+
+-- the requests not yet added: status, milliseconds, joined values
+local statuses, times, pending, npending = new_tab(BATCH, 0), new_tab(BATCH, 0), new_tab(BATCH, 0), 0
+
+--- Add the buffered requests into the counters: one loop over strings that are still in the
+--- cache, which LuaJIT compiles once (the log phase itself runs between two requests' other work).
+local function add_pending()
+  local n = npending
+  npending = 0
+  for j = 1, n do
+    add(statuses[j], times[j], pending[j])
+  end
+end
+
 --- Move this worker's counts into shared memory (``can_wait``: in a timer, may sleep on a lock).
 function M.flush(can_wait)
+  add_pending()
   local dict = ngx.shared.clb_metrics
   if not dict then
     return
@@ -132,8 +259,6 @@ function M.flush(can_wait)
   end
 end
 
-local draining = false -- the timer ran its last time: this worker exits after its last requests
-
 local function tick(premature)
   M.flush(true)
   if premature then
@@ -149,93 +274,35 @@ function M.start()
   end
 end
 
---- log_by_lua: count the request in the scope its location set in variable ``scope_var`` and in
---- the member its last try went to. Each value is its own ngx.var read inside this (compiled)
---- function: measured with wrk on the compiled path, one variable that nginx maps to all of them
---- joined cost as much (nginx evaluates its variables twice, for its length and for its text, and
---- Lua has to cut it apart). The upstream's variables are read only when there was an upstream.
-function M.log(scope_var)
-  local var = ngx.var
-  local scope = var[scope_var]
-  if not scope or scope == "" then
+--- log_by_lua: keep the request's values, read from the variable ``var_name`` that joins them
+--- (LOG_FIELDS). One variable read: each further ngx.var read costs as much as the buffering.
+--- A draining worker (its timer ran for the last time) adds and merges the request at once.
+function M.log(var_name)
+  local s = ngx_var[var_name]
+  if not s or byte(s, -1) == SEP then -- the scope is empty: not counted
     return
   end
-  local counts = scopes[scope]
-  if not counts then
-    counts = zeros(NFIELDS)
-    scopes[scope] = counts
+  -- $status and $request_time from the request itself, through the FFI: as a variable, each
+  -- would cost nginx a formatted string
+  local status, rt_ms = ngx.status, floor((now() - start_time()) * 1000 + 0.5)
+  if rt_ms < 0 then
+    rt_ms = 0
   end
-  local status = tonumber(var.status) or 0
-  local class = status >= 100 and status < 600 and (status - status % 100) / 100 or 4 -- 0: no response
-  local addr_all = var.upstream_addr
-  local uht = addr_all and var.upstream_header_time
-  -- the backend answered when the last try's $upstream_header_time is a time, not "-"
-  local backend = uht ~= nil and byte(uht, -1) ~= 45
-  local src = backend and REQ_B or REQ_L
-  counts[src + class] = counts[src + class] + 1
-  if status == 404 then
-    local i = backend and S404_B or S404_L
-    counts[i] = counts[i] + 1
-  elseif status == 502 then
-    local i = backend and S502_B or S502_L
-    counts[i] = counts[i] + 1
-  elseif status == 504 then
-    local i = backend and S504_B or S504_L
-    counts[i] = counts[i] + 1
-    if not backend then
-      counts[TIMEOUTS] = counts[TIMEOUTS] + 1
-    end
-  end
-  local bytes_in, bytes_out = tonumber(var.request_length) or 0, tonumber(var.bytes_sent) or 0
-  counts[BYTES_IN] = counts[BYTES_IN] + bytes_in
-  counts[BYTES_OUT] = counts[BYTES_OUT] + bytes_out
-  if var.connection_requests == "1" then
-    counts[NEW_CONNS] = counts[NEW_CONNS] + 1
-  end
-  local rt = tonumber(var.request_time) or 0
-  counts[RT_SUM] = counts[RT_SUM] + rt
-  local i = RT_BUCKET + bucket(rt)
-  counts[i] = counts[i] + 1
-
-  local urt = addr_all and var.upstream_response_time
-  local ut = urt and tonumber(last(urt))
-  local addr
-  if ut then
-    counts[UT_SUM] = counts[UT_SUM] + ut
-    counts[UT_COUNT] = counts[UT_COUNT] + 1
-    i = UT_BUCKET + bucket(ut)
-    counts[i] = counts[i] + 1
-    addr = last(addr_all)
-    -- a member is an address of the configuration ("ip:port", "[v6]:port"), never an upstream name
-    local first = byte(addr, 1)
-    if first and (first == 91 or (first >= 48 and first <= 57)) then
-      local by_member = members[scope]
-      if not by_member then
-        by_member = {}
-        members[scope] = by_member
-      end
-      local mc = by_member[addr]
-      if not mc then
-        mc = zeros(MFIELDS)
-        by_member[addr] = mc
-      end
-      local msrc = backend and M_REQ_B or M_REQ_L
-      mc[msrc + class] = mc[msrc + class] + 1
-      mc[M_UT_SUM] = mc[M_UT_SUM] + ut
-      mc[M_UT_COUNT] = mc[M_UT_COUNT] + 1
-      mc[M_BYTES_IN] = mc[M_BYTES_IN] + bytes_in
-      mc[M_BYTES_OUT] = mc[M_BYTES_OUT] + bytes_out
-    end
-  end
-  if draining then -- after a reload no timer flushes any more: this request's records, directly
+  if draining then
+    local scope, mc, addr = add(status, rt_ms, s)
     local dict = ngx.shared.clb_metrics
     if dict then
-      merge(dict, key_of(scope, "\2"), counts, NFIELDS, false)
-      local mc = ut and members[scope] and members[scope][addr]
+      merge(dict, key_of(scope, "\2"), scopes[scope], NFIELDS, false)
       if mc then
         merge(dict, key_of(scope .. "\t" .. addr, "\3"), mc, MFIELDS, false)
       end
     end
+    return
+  end
+  npending = npending + 1
+  statuses[npending], times[npending], pending[npending] = status, rt_ms, s
+  if npending >= BATCH then
+    add_pending()
   end
 end
 
@@ -267,6 +334,9 @@ function M.dump()
   local dict = ngx.shared.clb_metrics
   ngx.header["Content-Type"] = "text/plain; version=0.0.4"
   local served, err = served_of_body()
+  if dict then
+    M.flush(true) -- this worker's counts up to now; the other workers' come within a second
+  end
   if err or not dict then
     ngx.status = err and 400 or 404
     ngx.say(err or "this nginx counts no metrics (no lua_shared_dict clb_metrics)")

@@ -1,6 +1,6 @@
 --- clb.metrics with a stand-in for ngx: what one request adds, and the flush into the shared dict.
 
-local SCOPE_VAR = "clb_scope_test"
+local LOG_VAR = "clb_log_test"
 local S = "lb-1/lbl-1/loc-1/www.example.com"
 
 --- ngx.shared.DICT for the calls the module makes (safe_set and add refuse a new key when full).
@@ -72,12 +72,25 @@ local function counters(data, key)
   return out
 end
 
+local timer -- the flush timer the module started
+local START, elapsed = 1700000000.123, 0 -- the request's start and its $request_time
+
 local function fresh(capacity)
+  timer = nil
   _G.ngx = {
     var = {},
+    now = function() -- ngx.now() and ngx.req.start_time() are nginx's cached times, in ms
+      return START + elapsed
+    end,
+    req = {
+      start_time = function()
+        return START
+      end,
+    },
     shared = { clb_metrics = dict(capacity) },
     timer = {
-      every = function()
+      every = function(_, callback)
+        timer = callback
         return true
       end,
     },
@@ -87,14 +100,27 @@ local function fresh(capacity)
     ERR = 4,
   }
   package.loaded["clb.metrics"] = nil
-  return require("clb.metrics"), ngx.shared.clb_metrics.data
+  local m = require("clb.metrics")
+  m.start()
+  return m, ngx.shared.clb_metrics.data
 end
 
+--- The variable nginx joins for the log phase (metrics_channel.LOG_FIELDS), from a request's values.
 local function request(m, status, vars)
-  ngx.var = vars
-  vars[SCOPE_VAR] = vars[SCOPE_VAR] == nil and S or vars[SCOPE_VAR]
-  vars.status = tostring(status)
-  m.log(SCOPE_VAR)
+  local v = function(name, default)
+    return vars[name] or default
+  end
+  ngx.status, elapsed = status, tonumber(v("request_time", "0.000"))
+  ngx.var[LOG_VAR] = table.concat({
+    v("request_length", "0"),
+    v("bytes_sent", "0"),
+    v("connection_requests", "2"),
+    v("upstream_header_time", ""),
+    v("upstream_response_time", ""),
+    v("upstream_addr", ""),
+    v("scope", S),
+  }, "|")
+  m.log(LOG_VAR)
 end
 
 local BACKEND_200 = function()
@@ -166,11 +192,53 @@ describe("clb.metrics", function()
 
   it("counts nothing without a scope", function()
     local m, data = fresh()
-    request(m, 200, { [SCOPE_VAR] = "" })
-    ngx.var = {} -- a server without the variable
-    m.log(SCOPE_VAR)
+    request(m, 200, { scope = "" })
+    ngx.var[LOG_VAR] = nil -- an nginx without the variable
+    m.log(LOG_VAR)
     m.flush()
     assert.same({}, data)
+  end)
+
+  it("reads nginx's times to the millisecond, whole seconds and several tries included", function()
+    local m, data = fresh()
+    local vars = BACKEND_200()
+    vars.request_time, vars.upstream_response_time = "12.345", "0.000, 0.025 : 2.500"
+    vars.upstream_header_time, vars.upstream_addr = "-, 0.020 : 2.400", "10.0.0.1:80, 10.0.0.2:80 : 10.0.0.3:80"
+    request(m, 200, vars)
+    vars = BACKEND_200()
+    vars.request_time, vars.upstream_response_time = "0.005", "0.100"
+    request(m, 200, vars)
+    m.flush()
+    local c = counters(data, S)
+    assert.near(12.35, c["rt sum"], 1e-9)
+    assert.equal(1, c["rt 0.005"]) -- a bound holds its own value
+    assert.equal(1, c["rt +Inf"])
+    assert.near(2.6, c["ut sum"], 1e-9)
+    assert.equal(1, c["ut 2.5"])
+    assert.equal(1, c["ut 0.1"])
+    assert.equal(1, counters(data, S .. "\t10.0.0.3:80")["req 2xx backend"])
+    assert.equal(1, counters(data, S .. "\t10.0.0.1:80")["req 2xx backend"]) -- the second request only
+  end)
+
+  it("adds a full buffer at once, and flushes what the buffer holds", function()
+    local m, data = fresh()
+    for _ = 1, m.BATCH + 3 do
+      request(m, 200, BACKEND_200())
+    end
+    m.flush()
+    assert.equal(m.BATCH + 3, counters(data, S)["req 2xx backend"])
+    assert.equal(m.BATCH + 3, counters(data, S .. "\t10.0.0.1:80")["req 2xx backend"])
+  end)
+
+  it("writes each request directly once the worker drains, and loses none at its exit", function()
+    local m, data = fresh()
+    request(m, 200, BACKEND_200())
+    timer(true) -- the worker exits: the last flush
+    assert.equal(1, counters(data, S)["req 2xx backend"])
+    request(m, 404, { request_length = "80", bytes_sent = "150" })
+    assert.equal(1, counters(data, S)["req 4xx lb"]) -- no flush: written by the log phase
+    request(m, 200, BACKEND_200())
+    assert.equal(2, counters(data, S .. "\t10.0.0.1:80")["req 2xx backend"])
   end)
 
   it("keeps counts for the next flush when the dict is full, never evicting", function()
