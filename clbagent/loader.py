@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -200,11 +201,29 @@ class _YamlBuilder:
         return out
 
 
-def parse_text(text: str, source: str, settings: Settings | None = None) -> list[tuple[str, Any]]:
+def parse_text(
+    text: str, source: str, settings: Settings | None = None, reading: Reading | None = None
+) -> list[tuple[str, Any]]:
     """Documents in one text: JSON, or YAML with one or more ``---`` separated documents.
     Raises :class:`DocumentError` for input outside the bounds, ``ValueError``/``yaml.YAMLError``
-    for text that does not parse."""
+    for text that does not parse. ``reading``: parses of earlier loads to reuse, and where to note
+    this one's (plain data, so JSON holds it exactly)."""
     settings = settings or _defaults()
+    if reading is None:
+        found = _parse(text, source, settings)
+    else:
+        key = digest(f"{source.endswith('.json')}\0{text}".encode())
+        before = reading.known.get(key)
+        found = _parse(text, source, settings) if before is None else json.loads(before)
+        reading.parsed[key] = before or json.dumps(found, allow_nan=True)
+    if len(found) > settings.max_documents_per_file:
+        raise DocumentError(f"more than {settings.max_documents_per_file} documents in one file")
+    if len(found) == 1:
+        return [(source, found[0])]
+    return [(f"{source}#{i + 1}", d) for i, d in enumerate(found)]
+
+
+def _parse(text: str, source: str, settings: Settings) -> list[Any]:
     if source.endswith(".json"):
         try:
             found = [json.loads(text)]
@@ -218,11 +237,7 @@ def parse_text(text: str, source: str, settings: Settings | None = None) -> list
             for data in built:
                 check_bounds(data, settings)
         found = built
-    if len(found) > settings.max_documents_per_file:
-        raise DocumentError(f"more than {settings.max_documents_per_file} documents in one file")
-    if len(found) == 1:
-        return [(source, found[0])]
-    return [(f"{source}#{i + 1}", d) for i, d in enumerate(found)]
+    return found
 
 
 def parse_problem(exc: Exception) -> str:
@@ -363,6 +378,18 @@ def read_cert_files(
 Seen = list[tuple[str, ...]]  # ("doc", path, digest) and ("cert", name, doc_dir, cert_dir, digest)
 
 
+@dataclass
+class Reading:
+    """What one load notes for a later one (see :mod:`clbagent.l7.memo`): every file read with a
+    digest of what was read (or of why it could not be), in order; and the documents of each text
+    parsed, as JSON by the digest of the text, so that a later load does not parse it again
+    (``known``: those of an earlier load, under the same code and settings)."""
+
+    seen: Seen = field(default_factory=list)
+    known: dict[str, str] = field(default_factory=dict)
+    parsed: dict[str, str] = field(default_factory=dict)
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -379,14 +406,13 @@ def read_document_file(path: Path, limit: int) -> str:
 
 
 def load(
-    paths: list[Path], cert_dir: Path | None = None, settings: Settings | None = None, seen: Seen | None = None
+    paths: list[Path], cert_dir: Path | None = None, settings: Settings | None = None, reading: Reading | None = None
 ) -> tuple[list[tuple[str, Any]], list[Issue]]:
     """Raw documents from paths, plus issues for files that cannot be read or parsed.
 
     ``cert_dir`` (else ``settings.cert_dir``, else each document's own directory) is the only
-    directory ``CertFile``/``CertKeyFile`` may be read from. ``seen``, if given, gets every file
-    read and a digest of what was read (or of why it could not be), in order: a later run can
-    tell whether it would read the same (see :mod:`clbagent.l7.memo`)."""
+    directory ``CertFile``/``CertKeyFile`` may be read from. ``reading``: what a later load can use
+    (see :class:`Reading`)."""
     settings = settings or _defaults()
     docs: list[tuple[str, Any]] = []
     issues: list[Issue] = []
@@ -406,24 +432,27 @@ def load(
             why = getattr(exc, "strerror", None) or ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc)
             issues.append(Issue(source, Code.RESOURCE_NOT_FOUND, f"cannot read the file: {why}"))
             text = None
-        if seen is not None:
-            seen.append(("doc", os.fspath(f), digest(text.encode()) if text is not None else "unreadable"))
+        if reading is not None:
+            reading.seen.append(("doc", os.fspath(f), digest(text.encode()) if text is not None else "unreadable"))
         if text is None:
             continue
-        found, refused = read_documents(text, source, settings)
+        found, refused = read_documents(text, source, settings, reading)
         issues.extend(refused)
         allowed = cert_dir or settings.cert_dir or f.parent
         for src, raw in found:
+            seen = None if reading is None else reading.seen
             issues.extend(read_cert_files(raw, f.parent, allowed, src, settings, resolved, seen))
             docs.append((src, raw))
     return docs, issues
 
 
-def read_documents(text: str, source: str, settings: Settings) -> tuple[list[tuple[str, Any]], list[Issue]]:
+def read_documents(
+    text: str, source: str, settings: Settings, reading: Reading | None = None
+) -> tuple[list[tuple[str, Any]], list[Issue]]:
     """The documents of one text, or the issue that keeps it from being read (whatever the text's
     origin: a file, an etcd value)."""
     try:
-        return parse_text(text, source, settings), []
+        return parse_text(text, source, settings, reading), []
     except DocumentError as exc:
         where = f"{source}/{exc.where}" if exc.where else source
         return [], [Issue(where, exc.code, f"document refused: {exc}")]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from clbagent import loader
 from clbagent.cli import main
 from clbagent.commands import render, validate
 from clbagent.loader import load
@@ -67,6 +68,27 @@ def test_a_changed_document_or_certificate_file_runs_in_full(docs, full_runs, ca
     rc, _, err = output(capsys, ["validate", str(docs)])
     assert "CertKey" in err
     assert full_runs == ["check"] * 4
+
+
+def test_a_full_run_parses_only_the_texts_it_has_not_seen(docs, capsys, monkeypatch):
+    parsed: list[str] = []
+    real = loader._parse
+
+    def counted(text: str, source: str, settings: object) -> object:
+        parsed.append(Path(source).name)
+        return real(text, source, settings)
+
+    monkeypatch.setattr(loader, "_parse", counted)
+    argv = ["render", "--upstreams", "static", "--format", "nginx", str(docs)]
+    first = output(capsys, argv)
+    assert sorted(parsed) == ["blog.yaml", "shop.yaml"]
+    shop = docs / "shop.yaml"
+    shop.write_text(shop.read_text().replace("Weight: 30", "Weight: 31"))
+    second = output(capsys, argv)
+    assert parsed[2:] == ["shop.yaml"] and "weight=31" in second[1]
+    shop.write_text(shop.read_text().replace("Weight: 31", "Weight: 30"))
+    assert output(capsys, argv) == first != second
+    assert parsed[2:] == ["shop.yaml", "shop.yaml"]  # a record keeps the parses of its own run only
 
 
 def test_render_out_replays_only_onto_the_prefix_it_wrote(docs, tmp_path, full_runs, capsys):

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from clbagent.errors import Issue
     from clbagent.l4 import IpvsPlan
     from clbagent.l7 import NginxConfig
-    from clbagent.loader import Seen
+    from clbagent.loader import Reading
     from clbagent.validate import DesiredState
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_REFUSED = 0, 1, 2, 3
@@ -33,10 +33,10 @@ def add_state_arguments(parser: Any) -> None:
     )
 
 
-def read_state(args: Any, seen: Seen | None = None) -> tuple[DesiredState, list[Issue]]:
+def read_state(args: Any, reading: Reading | None = None) -> tuple[DesiredState, list[Issue]]:
     """Load and validate the documents named on the command line. Unusable settings end the
-    command with exit 2 and one sentence: nothing is validated against guessed limits. ``seen``
-    gets the files read (see :func:`clbagent.loader.load`)."""
+    command with exit 2 and one sentence: nothing is validated against guessed limits.
+    ``reading``: see :class:`clbagent.loader.Reading`."""
     from clbagent.loader import load
     from clbagent.settings import Settings, SettingsError
     from clbagent.validate import validate_documents
@@ -46,7 +46,7 @@ def read_state(args: Any, seen: Seen | None = None) -> tuple[DesiredState, list[
     except SettingsError as exc:
         print(f"clbagent: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
-    docs, load_issues = load(args.paths, getattr(args, "cert_dir", None), settings, seen)
+    docs, load_issues = load(args.paths, getattr(args, "cert_dir", None), settings, reading)
     state = validate_documents(docs, settings)
     return state, load_issues
 

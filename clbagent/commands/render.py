@@ -70,7 +70,7 @@ def render(args: Any, noted: Run | None) -> int:
     from clbagent.l7 import DEFAULT_PREFIX, PrefixError, compile_nginx, write_prefix
     from clbagent.l7.compile import LUA_MODULE
 
-    state, load_issues = read_state(args, None if noted is None else noted.seen)
+    state, load_issues = read_state(args, None if noted is None else noted.reading)
     mode, why = upstreams_mode(args.upstreams)
     if noted is not None:
         note_state(noted, state)

@@ -45,7 +45,7 @@ def check(args: Any, noted: Run | None) -> int:
     from clbagent.loader import load
     from clbagent.validate import check_transition, validate_documents
 
-    state, load_issues = read_state(args, None if noted is None else noted.seen)
+    state, load_issues = read_state(args, None if noted is None else noted.reading)
     if noted is not None:
         note_state(noted, state)
     if args.previous:

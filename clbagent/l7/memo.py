@@ -15,8 +15,11 @@ answers only when everything the answer depends on is as it was:
 - ``render --out``: the prefix holds exactly the files written (contents, modes, no others).
 
 Anything else (no record, changed input, an unusable cache directory) runs the command in full,
-which then replaces the record. A record holds the command's output and the digests of the files
-written, never a private key. ``--no-cache`` runs in full and leaves the record alone.
+which then replaces the record. A full run under the same code and settings still takes from the
+record the parse of every document text it has seen before (by the digest of the text): a change
+to one file parses one file. A record holds the command's output, the digests of the files read
+and written and the parsed documents (as JSON, before certificate files are read into them), never
+a private key. ``--no-cache`` runs in full and leaves the record alone.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import clbagent
 from .prefix import holds
 
 if TYPE_CHECKING:
-    from clbagent.loader import Seen
+    from clbagent.loader import Reading
     from clbagent.validate import DesiredState
 
 FORMAT = 1  # of a record; a record of another format is ignored
@@ -51,12 +54,11 @@ KEPT = 32  # records kept (the most recently written): one per command line run
 class Run:
     """What a full run notes for its record."""
 
-    seen: Seen = field(default_factory=list)  # files read, in order (clbagent.loader.load)
+    reading: Reading  # files read, documents parsed (clbagent.loader.load)
     facts: dict[str, bool] = field(default_factory=dict)  # path -> whether it exists
     until: float | None = None  # POSIX time at which the answer may change by itself
     limits: tuple[int, int] = (0, 0)  # document and certificate file size limits of the settings
     written: dict[str, str] | None = None  # render --out: relative path -> SHA-256 of the content
-    keep: bool = True  # False: the run cannot be replayed (e.g. the prefix could not be written)
 
 
 def add_argument(parser: Any) -> None:
@@ -80,7 +82,10 @@ def answer(args: Any, full: Callable[[Run | None], int], out: Path | None = None
         sys.stderr.write(record["stderr"])
         sys.stdout.write(record["stdout"])
         return int(record["rc"])
-    run = Run()
+    from clbagent.loader import Reading
+
+    parsed = record.get("parsed") if record is not None and record["head"] == head else None
+    run = Run(Reading(known=parsed if isinstance(parsed, dict) else {}))  # same code and settings
     stdout, stderr = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -88,11 +93,12 @@ def answer(args: Any, full: Callable[[Run | None], int], out: Path | None = None
     finally:
         sys.stderr.write(stderr.getvalue())  # the commands print their issues before the rest
         sys.stdout.write(stdout.getvalue())
-    if run.keep and (out is None or run.written is not None):
+    if out is None or run.written is not None:  # not a render whose prefix could not be written
         record = {
             "format": FORMAT,
             "head": head,
-            "seen": run.seen,
+            "seen": run.reading.seen,
+            "parsed": run.reading.parsed,
             "facts": run.facts,
             "until": run.until,
             "limits": run.limits,
@@ -207,6 +213,7 @@ def _prune(folder: Path) -> None:
 
 
 def _still_holds(record: dict[str, Any], head: str, paths: list[Path], out: Path | None) -> bool:
+    """Whether the record answers this run (see the module's description)."""
     if record["head"] != head or (record["until"] is not None and time.time() >= record["until"]):
         return False
     if any(os.path.exists(path) != exists for path, exists in record["facts"].items()):
