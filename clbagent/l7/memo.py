@@ -235,7 +235,7 @@ def _same_files(seen: list[list[str]], paths: list[Path], limits: list[int]) -> 
     if files != [entry[1] for entry in seen if entry[0] == "doc"]:
         return False
     resolved: dict[str, str] = {}
-    for kind, *where, noted in seen:
+    for kind, *where, noted in sorted(seen, key=lambda entry: entry[0] != "doc"):  # documents first: cheap
         if kind == "doc":
             try:
                 found = digest(read_document_file(Path(where[0]), doc_limit).encode())
