@@ -8,12 +8,17 @@
    (the same prefix with the metrics lines taken out: the balancer's own cost). Per round: req/s
    and requests per CPU second of the worker, and each variant's ratio to static of the same round;
    the median and the spread of the ratios. Keep-alive: the TCP connections the backends accepted
-   during each run (their stub_status).
+   during each run (their stub_status). The same with response bodies of 1 KiB and 16 KiB
+   (``--bodies``; files the backends serve), as extra rows next to the tiny one. Then each variant
+   under callgrind: user-space instructions per request. ``--before DIR`` (an earlier
+   ``clbagent/lua``, e.g. extracted with ``git archive``) adds ``nometrics-before``, that Lua's
+   balancer on the same prefix, so a change is measured before and after in the same run.
 2. Change to traffic: time from sending a member change to the first request answered by the new
    member — over the control channel (dynamic), and by rewriting the configuration and reloading
    (static) — with 1 and with 1,000 upstreams in the configuration.
 
-Run:  nice -n 10 .venv/bin/python bench/dynamic_bench.py [--seconds 2] [--rounds 9] [--sizes 1,1000] [--repeats 20]
+Run:  nice -n 10 .venv/bin/python bench/dynamic_bench.py [--seconds 2] [--rounds 9] [--bodies 0,1024,16384]
+      [--before DIR] [--only throughput|instructions|change] [--sizes 1,1000] [--repeats 20]
 Hold /tmp/clb-locks/bench_wrk while it runs on a shared host.
 Goals: dynamic throughput ≥ 90% of static; dynamic change ≤ 100 ms.
 """
@@ -45,6 +50,7 @@ from clbagent.nginx.metrics_channel import SCOPE_VAR  # noqa: E402
 from clbagent.nginx.process import NGINX, Nginx, check_config  # noqa: E402
 from clbagent.nginx.upstreams_channel import (  # noqa: E402
     DATA_DIR,
+    LUA_DIR,
     Member,
     Upstream,
     UpstreamsChannel,
@@ -62,6 +68,7 @@ FRONT, BACK = "127.0.40.{}", "127.0.43.{}"
 BACKENDS = 4
 FRONT_CPU, OTHER_CPU = 0, 1  # the measured nginx worker alone on one core; wrk and backends on the other
 VARIANTS = ("static", "dynamic", "dynamic-nometrics")
+BEFORE = "nometrics-before"  # dynamic-nometrics with the Lua directory given by --before
 
 COMMON = """\
 worker_processes 1;
@@ -120,15 +127,20 @@ def start(prefix: Path, conf: str | None = None) -> Nginx:
 
 class Backends:
     """One nginx with a server per backend address answering its own name, on the wrk core, and a
-    ``stub_status`` that counts the TCP connections it accepted (few with upstream keep-alive)."""
+    ``stub_status`` that counts the TCP connections it accepted (few with upstream keep-alive).
+    ``/body/<n>`` is a file of ``n`` bytes (a response of a realistic size)."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, bodies: tuple[int, ...] = ()):
         self.ports = [free_port(BACK.format(i + 1)) for i in range(BACKENDS)]
         self.status_port = free_port(BACK.format(9))
         prefix = work / "back"
         prefix_dirs(prefix)
+        (prefix / "html" / "body").mkdir(parents=True)
+        for n in bodies:
+            (prefix / "html" / "body" / str(n)).write_bytes(b"x" * n)
+        files = f"location /body/ {{ root {prefix}/html; }}"
         servers = "".join(
-            f'    server {{ listen {BACK.format(i + 1)}:{p}; location / {{ return 200 "b{i}\\n"; }} }}\n'
+            f'    server {{ listen {BACK.format(i + 1)}:{p}; location / {{ return 200 "b{i}\\n"; }} {files} }}\n'
             for i, p in enumerate(self.ports)
         )
         servers += f"    server {{ listen {BACK.format(9)}:{self.status_port}; location / {{ stub_status; }} }}\n"
@@ -183,7 +195,9 @@ class Front:
     ``FRONT_CPU``). ``dynamic-nometrics`` is the dynamic prefix without the L7 metrics: the
     http-level Lua without the counting, and no scope variable set in the servers and locations."""
 
-    def __init__(self, work: Path, variant: str, vip: str, port: int, backends: Backends, serve: bool = True):
+    def __init__(
+        self, work: Path, variant: str, vip: str, port: int, backends: Backends, serve: bool = True, lua: Path = LUA_DIR
+    ):
         self.variant, self.url, self.backends = variant, f"http://{vip}:{port}/", backends
         self.prefix = work / variant
         dynamic = variant != "static"
@@ -193,8 +207,9 @@ class Front:
             "worker_processes auto;", f"worker_processes 1;\nworker_cpu_affinity {affinity(FRONT_CPU)};"
         )
         assert conf != cfg.files["nginx.conf"], "nginx.conf no longer says worker_processes auto"
-        if variant == "dynamic-nometrics":
+        if variant in ("dynamic-nometrics", BEFORE):
             conf = without_metrics(conf, cfg.files, str(self.prefix))
+            conf = conf.replace(f'lua_package_path "{LUA_DIR}/', f'lua_package_path "{lua}/')
         cfg.files["nginx.conf"] = conf
         write_prefix(cfg, self.prefix)
         self.nginx = Nginx(self.prefix)
@@ -252,10 +267,12 @@ class Front:
         t = psutil.Process(pid).cpu_times()
         return t.user + t.system
 
-    def wrk(self, seconds: int) -> Run:
+    def wrk(self, seconds: int, body: int = 0) -> Run:
+        """One wrk run; ``body``: the size of the backends' response (0: their tiny one)."""
         cpu, accepted = self.worker_cpu(), self.backends.accepted()
+        url = f"{self.url}body/{body}" if body else self.url
         out = subprocess.run(
-            ["taskset", "-c", str(OTHER_CPU), "wrk", "-t1", "-c32", f"-d{seconds}s", self.url],
+            ["taskset", "-c", str(OTHER_CPU), "wrk", "-t1", "-c32", f"-d{seconds}s", url],
             capture_output=True,
             text=True,
             check=True,
@@ -283,34 +300,45 @@ def without_metrics(conf: str, files: dict[str, str], prefix: str) -> str:
     return conf.replace(counted, bare)
 
 
-def throughput(work: Path, seconds: int, rounds: int) -> None:
+def throughput(work: Path, seconds: int, rounds: int, bodies: tuple[int, ...], before: Path | None) -> None:
     """Rounds of one run per variant, the order rotating, so that the load of a shared host hits
-    all alike; every variant's ratio to static is taken within its round."""
-    backends = Backends(work)
+    all alike; every variant's ratio to static is taken within its round. Once per response size
+    in ``bodies`` (0: the backends' tiny answer). ``before``: also the balancer of that Lua directory."""
+    variants = (*VARIANTS, BEFORE) if before else VARIANTS
+    backends = Backends(work, tuple(b for b in bodies if b))
     port = free_port(FRONT.format(1))
     fronts: dict[str, Front] = {}
+    results: dict[int, dict[str, list[Run]]] = {}
     try:
-        for i, v in enumerate(VARIANTS):
-            fronts[v] = Front(work, v, FRONT.format(i + 1), port, backends)
+        for i, v in enumerate(variants):
+            fronts[v] = Front(work, v, FRONT.format(i + 1), port, backends, lua=before or LUA_DIR)
         for front in fronts.values():
             front.wrk(1)  # warm-up: LuaJIT traces, keep-alive pools
-        runs: dict[str, list[Run]] = {v: [] for v in VARIANTS}
-        orders = itertools.cycle(itertools.permutations(VARIANTS))
-        for _ in range(rounds):
-            for v in next(orders):
-                runs[v].append(fronts[v].wrk(seconds))
+        orders = itertools.cycle(itertools.permutations(variants))
+        for body in bodies:
+            runs: dict[str, list[Run]] = results.setdefault(body, {v: [] for v in variants})
+            for _ in range(rounds):
+                for v in next(orders):
+                    runs[v].append(fronts[v].wrk(seconds, body))
     finally:
         for front in fronts.values():
             front.close()
         backends.close()
-    print(f"throughput: wrk -t1 -c32, {rounds} rounds of {seconds} s per variant; nginx worker on CPU {FRONT_CPU}")
-    for v in VARIANTS:
+    for body, runs in results.items():
+        size = f"{body:,}-byte responses" if body else "tiny responses (3 bytes)"
+        print(f"throughput, {size}: wrk -t1 -c32, {rounds} rounds of {seconds} s each; worker on CPU {FRONT_CPU}")
+        report(runs)
+
+
+def report(runs: dict[str, list[Run]]) -> None:
+    """Each variant's rates, and its ratios to static (median, quartiles, range over the rounds)."""
+    for v in runs:
         rates = ", ".join(f"{r.rate:,.0f}" for r in runs[v])
         conns = sorted(r.backend_connections for r in runs[v])
         print(f"  {v:18} req/s: {rates}; backend TCP connections per run: {conns[0]}-{conns[-1]}")
     for label, key in (("per wall-clock second", "rate"), ("per CPU second of the worker", "per_cpu")):
         print(f"  {label}: static median {statistics.median(getattr(r, key) for r in runs['static']):,.0f}")
-        for v in VARIANTS[1:]:
+        for v in list(runs)[1:]:
             ratios = sorted(getattr(d, key) / getattr(s, key) for s, d in zip(runs["static"], runs[v], strict=True))
             q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
             print(
@@ -320,14 +348,16 @@ def throughput(work: Path, seconds: int, rounds: int) -> None:
             )
 
 
-def instructions(work: Path, warm: int, seconds: int) -> None:
+def instructions(work: Path, warm: int, seconds: int, before: Path | None) -> None:
     """Each variant's nginx under callgrind in turn: user-space instructions per request."""
+    variants = (*VARIANTS, BEFORE) if before else VARIANTS
     backends = Backends(work)
     port = free_port(FRONT.format(1))
     got = {}
     try:
-        for i, v in enumerate(VARIANTS):
-            got[v] = Front(work, v, FRONT.format(i + 1), port, backends, serve=False).instructions(warm, seconds)
+        for i, v in enumerate(variants):
+            front = Front(work, v, FRONT.format(i + 1), port, backends, serve=False, lua=before or LUA_DIR)
+            got[v] = front.instructions(warm, seconds)
     finally:
         backends.close()
     print(f"instructions per request of the nginx worker (callgrind, user space only, {seconds} s of wrk -c8 each):")
@@ -434,6 +464,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--bodies", default="0,1024,16384", help="response sizes in bytes (0: tiny)")
+    ap.add_argument("--before", type=Path, help="an earlier clbagent/lua directory: its balancer as one more variant")
     ap.add_argument("--only", choices=("throughput", "change", "instructions"), help="run one part only")
     ap.add_argument("--sizes", default="1,1000")
     ap.add_argument("--repeats", type=int, default=20)
@@ -445,10 +477,11 @@ def main() -> int:
     work.chmod(0o755)
     try:
         if args.only in (None, "throughput"):
-            throughput(work / "throughput", args.seconds, args.rounds)
+            bodies = tuple(int(x) for x in args.bodies.split(","))
+            throughput(work / "throughput", args.seconds, args.rounds, bodies, args.before)
         if args.only in (None, "instructions"):
             if shutil.which("valgrind"):
-                instructions(work / "instructions", 5, 10)
+                instructions(work / "instructions", 5, 10, args.before)
             else:
                 print("instructions: valgrind is not installed (scripts/apt-packages-lua.txt)")
         for size in [int(x) for x in args.sizes.split(",")] if args.only in (None, "change") else []:

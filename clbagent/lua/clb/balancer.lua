@@ -4,7 +4,7 @@
 --- (clb_conns shared dict; +1 when a try starts, -1 when it ends).
 ---
 --- Each worker caches the per-worker form of every upstream it served (clb.peers) with the
---- version it was built from; one shared-dict get of a short key per request tells whether any
+--- version it was built from; one read of the gen word (clb.store) per request tells whether any
 --- version moved.
 --- The request path allocates nothing: the state tables of finished requests are kept for later
 --- ones, and the version key of each upstream is built once.
