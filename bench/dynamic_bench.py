@@ -10,7 +10,8 @@
    the median and the spread of the ratios. Keep-alive: the TCP connections the backends accepted
    during each run (their stub_status). The same with response bodies of 1 KiB and 16 KiB
    (``--bodies``; files the backends serve), as extra rows next to the tiny one. Then each variant
-   under callgrind: user-space instructions per request. ``--before DIR`` (an earlier
+   under callgrind: user-space instructions per request (``--instances N``: N nginx instances each,
+   median and range). ``--before DIR`` (an earlier
    ``clbagent/lua``, e.g. extracted with ``git archive``) adds ``nometrics-before``, that Lua's
    balancer on the same prefix, so a change is measured before and after in the same run.
 2. Change to traffic: time from sending a member change to the first request answered by the new
@@ -18,7 +19,7 @@
    (static) — with 1 and with 1,000 upstreams in the configuration.
 
 Run:  nice -n 10 .venv/bin/python bench/dynamic_bench.py [--seconds 2] [--rounds 9] [--bodies 0,1024,16384]
-      [--before DIR] [--only throughput|instructions|change] [--sizes 1,1000] [--repeats 20]
+      [--before DIR] [--instances 1] [--only throughput|instructions|change] [--sizes 1,1000] [--repeats 20]
 Hold /tmp/clb-locks/bench_wrk while it runs on a shared host.
 Goals: dynamic throughput ≥ 90% of static; dynamic change ≤ 100 ms.
 """
@@ -348,22 +349,33 @@ def report(runs: dict[str, list[Run]]) -> None:
             )
 
 
-def instructions(work: Path, warm: int, seconds: int, before: Path | None) -> None:
-    """Each variant's nginx under callgrind in turn: user-space instructions per request."""
+def instructions(work: Path, warm: int, seconds: int, before: Path | None, instances: int) -> None:
+    """Each variant's nginx under callgrind in turn, ``instances`` times (each a new nginx: LuaJIT
+    forms its traces differently each time, a few hundred instructions apart): user-space
+    instructions per request, median and range."""
     variants = (*VARIANTS, BEFORE) if before else VARIANTS
     backends = Backends(work)
     port = free_port(FRONT.format(1))
-    got = {}
+    got: dict[str, list[float]] = {v: [] for v in variants}
     try:
-        for i, v in enumerate(variants):
-            front = Front(work, v, FRONT.format(i + 1), port, backends, serve=False, lua=before or LUA_DIR)
-            got[v] = front.instructions(warm, seconds)
+        fronts = [
+            Front(work, v, FRONT.format(i + 1), port, backends, serve=False, lua=before or LUA_DIR)
+            for i, v in enumerate(variants)
+        ]
+        for _ in range(instances):
+            for front in fronts:
+                got[front.variant].append(front.instructions(warm, seconds)[0])
     finally:
         backends.close()
-    print(f"instructions per request of the nginx worker (callgrind, user space only, {seconds} s of wrk -c8 each):")
-    for v, (n, requests) in got.items():
-        ratio = "" if v == "static" else f"; static/{v} = {got['static'][0] / n:.1%}"
-        print(f"  {v:18} {n:,.0f} ({requests} requests){ratio}")
+    print(
+        f"instructions per request of the nginx worker (callgrind, user space only, {seconds} s of wrk -c8 each, "
+        f"{instances} nginx instance(s) per variant):"
+    )
+    static = statistics.median(got["static"])
+    for v, counts in got.items():
+        n = statistics.median(counts)
+        ratio = "" if v == "static" else f"; static/{v} = {static / n:.1%}"
+        print(f"  {v:18} median {n:,.0f} (range {min(counts):,.0f}-{max(counts):,.0f}){ratio}")
 
 
 class Bench:
@@ -465,6 +477,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--bodies", default="0,1024,16384", help="response sizes in bytes (0: tiny)")
+    ap.add_argument("--instances", type=int, default=1, help="callgrind: nginx instances per variant")
     ap.add_argument("--before", type=Path, help="an earlier clbagent/lua directory: its balancer as one more variant")
     ap.add_argument("--only", choices=("throughput", "change", "instructions"), help="run one part only")
     ap.add_argument("--sizes", default="1,1000")
@@ -481,7 +494,7 @@ def main() -> int:
             throughput(work / "throughput", args.seconds, args.rounds, bodies, args.before)
         if args.only in (None, "instructions"):
             if shutil.which("valgrind"):
-                instructions(work / "instructions", 5, 10, args.before)
+                instructions(work / "instructions", 5, 10, args.before, args.instances)
             else:
                 print("instructions: valgrind is not installed (scripts/apt-packages-lua.txt)")
         for size in [int(x) for x in args.sizes.split(",")] if args.only in (None, "change") else []:
