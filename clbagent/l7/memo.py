@@ -9,7 +9,7 @@ answers only when everything the answer depends on is as it was:
   distributions (names and versions);
 - the settings file named by ``--settings`` (its bytes);
 - the document files (the same list, each one's bytes) and every certificate or key file they
-  named, read again through the loader's own checks (:func:`clbagent.loader.read_cert_file`);
+  named, read again through the loader's own checks (:func:`clbagent.reading.read_cert_file`);
 - host facts the answer depends on (whether nginx's Lua module is installed);
 - the time: the record lapses when a certificate it saw expires or enters its warning window;
 - ``render --out``: the prefix holds exactly the files written (contents, modes, no others).
@@ -43,7 +43,7 @@ import clbagent
 from .prefix import holds
 
 if TYPE_CHECKING:
-    from clbagent.loader import Reading
+    from clbagent.reading import Reading
     from clbagent.validate import DesiredState
 
 FORMAT = 1  # of a record; a record of another format is ignored
@@ -82,7 +82,7 @@ def answer(args: Any, full: Callable[[Run | None], int], out: Path | None = None
         sys.stderr.write(record["stderr"])
         sys.stdout.write(record["stdout"])
         return int(record["rc"])
-    from clbagent.loader import Reading
+    from clbagent.reading import Reading
 
     parsed = record.get("parsed") if record is not None and record["head"] == head else None
     run = Run(Reading(known=parsed if isinstance(parsed, dict) else {}))  # same code and settings
@@ -225,7 +225,7 @@ def _still_holds(record: dict[str, Any], head: str, paths: list[Path], out: Path
 
 def _same_files(seen: list[list[str]], paths: list[Path], limits: list[int]) -> bool:
     """Whether the loader would read exactly what it read when ``seen`` was noted."""
-    from clbagent.loader import DocumentError, digest, document_files, read_cert_file, read_document_file, refusal
+    from clbagent.reading import DocumentError, digest, document_files, read_cert_file, read_document_file, refusal
 
     doc_limit, cert_limit = limits
     try:
@@ -235,6 +235,7 @@ def _same_files(seen: list[list[str]], paths: list[Path], limits: list[int]) -> 
     if files != [entry[1] for entry in seen if entry[0] == "doc"]:
         return False
     resolved: dict[str, str] = {}
+    folders: dict[tuple[str, str], tuple[Path, Path]] = {}  # thousands of files, a few directories
     for kind, *where, noted in sorted(seen, key=lambda entry: entry[0] != "doc"):  # documents first: cheap
         if kind == "doc":
             try:
@@ -243,8 +244,11 @@ def _same_files(seen: list[list[str]], paths: list[Path], limits: list[int]) -> 
                 return False  # the reason may differ: a run that met an unreadable file is not replayed
         else:
             name, doc_dir, cert_dir = where
+            dirs = folders.get((doc_dir, cert_dir))
+            if dirs is None:
+                dirs = folders[doc_dir, cert_dir] = (Path(doc_dir), Path(cert_dir))
             try:
-                text = read_cert_file(name, Path(doc_dir), Path(cert_dir), cert_limit, resolved)
+                text = read_cert_file(name, *dirs, cert_limit, resolved)
             except DocumentError as exc:
                 text = refusal(exc)
             found = digest(text.encode())
