@@ -5,6 +5,16 @@ file per load balancer, each domain with its own certificate and RSA-2048 key (P
 in one more file, ``certificates.yaml``). Also the one-change-one-file check over 1,000 load
 balancers.
 
+Each command is measured three ways, reported separately:
+- cold: no record of an earlier run (an empty cache directory each time): the full run, which
+  also writes the record (clbagent.l7.memo);
+- changed: one target weight changed in one load balancer's file since the last run (the record
+  does not hold: a full run);
+- warm: nothing changed since the last run of the same command line (answered from the record).
+The floor is the CPU time of starting Python and importing what a full ``render`` imports.
+``--compare-with DIR`` also runs the cold commands of another clbagent source tree (DIR holds
+its ``clbagent`` package), interleaved with this one's.
+
 Run:  .venv/bin/python bench/l7_bench.py [--sizes 1000,5000] [--per-lb 10] [--repeat 3]
 Goal: render --out ≤ 10% of ``nginx -t`` on the same output (CPU seconds: the host is shared).
 """
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import resource
 import shutil
 import subprocess
@@ -53,7 +64,7 @@ def rsa_keys(count: int) -> list[rsa.RSAPrivateKey]:
         d = pow(65537, -1, (p - 1) * (q - 1))
         public = rsa.RSAPublicNumbers(65537, p * q)
         private = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), public)
-        keys.append(private.private_key())
+        keys.append(private.private_key(unsafe_skip_rsa_key_validation=True))  # built right above
     return keys
 
 
@@ -157,40 +168,80 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(argv: list[str], repeat: int) -> tuple[float, float]:
-    """Best wall time and best CPU time of a command over ``repeat`` runs (the machine is shared:
-    the best run is the one least disturbed, and CPU time is what other processes disturb least)."""
-    wall = cpu = float("inf")
-    for _ in range(repeat):
-        start, start_cpu = time.perf_counter(), children_cpu()
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        wall, cpu = min(wall, time.perf_counter() - start), min(cpu, children_cpu() - start_cpu)
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+def run_once(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds of one command, which must succeed."""
+    start, start_cpu = time.perf_counter(), children_cpu()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    wall, cpu = time.perf_counter() - start, children_cpu() - start_cpu
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
     return wall, cpu
 
 
-def measure(domains: int, per_lb: int, certs: list[tuple[str, str, str]], work: Path, repeat: int) -> dict:
+def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """Best wall and best CPU time (the machine is shared: the best run is the least disturbed, and
+    CPU time is what other processes disturb least)."""
+    return min(w for w, _ in runs), min(c for _, c in runs)
+
+
+def cli(tree: Path | None) -> tuple[list[str], dict[str, str]]:
+    """The command line of clbagent (this checkout's, or the one of the source tree ``tree``)."""
+    env = dict(os.environ)
+    if tree is None:
+        return [str(Path(sys.executable).with_name("clbagent"))], env
+    env["PYTHONPATH"] = str(tree)
+    return [sys.executable, "-m", "clbagent.cli"], env
+
+
+def with_cache(env: dict[str, str], cache: Path) -> dict[str, str]:
+    return env | {"XDG_CACHE_HOME": str(cache)}
+
+
+def measure(
+    domains: int, per_lb: int, certs: list[tuple[str, str, str]], work: Path, repeat: int, other: Path | None
+) -> dict:
     docs = write_documents(domains, per_lb, certs, work)
     prefix = work / f"prefix-{domains}"
-    exe = str(Path(sys.executable).with_name("clbagent"))
-    validate = timed([exe, "validate", str(docs)], repeat)
-    render = timed([exe, "render", "--out", str(prefix), str(docs)], repeat)
-    wall = cpu = float("inf")
-    for _ in range(repeat):
+    commands = {
+        "validate": ["validate", str(docs)],
+        "render": ["render", "--out", str(prefix), str(docs)],
+    }
+    trees = {"this": None, **({"other": other} if other else {})}
+    exe, env = cli(None)
+    env = with_cache(env, work / f"cache-{domains}")
+    changed = docs / "lb0.yaml"
+    texts = [changed.read_text(), changed.read_text().replace("Weight: 10", "Weight: 11", 1)]
+    for argv in commands.values():
+        run_once(exe + argv, env)  # the record that the first "changed" run finds outdated
+    runs: dict[str, list[tuple[float, float]]] = {}
+    nginx_t = []
+    for n in range(repeat):  # every kind of run once per round: each round meets the same load
+        for name, argv in commands.items():
+            for label, tree in trees.items():  # cold: an empty cache directory each time
+                tree_exe, tree_env = cli(tree)
+                cache = work / f"cache-{domains}-{label}-{name}-{n}"
+                runs.setdefault(f"{name} cold {label}", []).append(
+                    run_once(tree_exe + argv, with_cache(tree_env, cache))
+                )
+        changed.write_text(texts[(n + 1) % 2])
+        for name, argv in commands.items():
+            runs.setdefault(f"{name} changed", []).append(run_once(exe + argv, env))
+            runs.setdefault(f"{name} warm", []).append(run_once(exe + argv, env))
         start_cpu = children_cpu()
         test = check_config(prefix)
         if not test.ok:
             raise SystemExit(f"nginx -t failed for {domains} domains:\n{test.output[-2000:]}")
-        wall, cpu = min(wall, test.seconds), min(cpu, children_cpu() - start_cpu)
+        nginx_t.append((test.seconds, children_cpu() - start_cpu))
     return {
         "domains": domains,
         "files": len(list(docs.glob("*.yaml"))),
-        "validate": validate,
-        "render": render,
         "size": sum(f.stat().st_size for f in prefix.rglob("*") if f.is_file()),
-        "nginx_t": (wall, cpu),
+        "nginx -t": best(nginx_t),
+        "runs": {key: best(values) for key, values in runs.items()},
     }
+
+
+FLOOR = "import clbagent.commands.render, clbagent.loader, clbagent.validate, clbagent.l7.compile, clbagent.l4"
 
 
 def one_change(lbs: int, work: Path) -> tuple[list[str], float, float]:
@@ -208,32 +259,34 @@ def one_change(lbs: int, work: Path) -> tuple[list[str], float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,5000")
     parser.add_argument("--per-lb", type=int, default=10, help="HTTPS domains per load balancer")
     parser.add_argument("--lbs", type=int, default=1000, help="load balancers for the one-change check")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (the best is kept)")
+    parser.add_argument("--compare-with", type=Path, metavar="DIR", help="another clbagent source tree, cold runs")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="write the documents and prefixes here and keep them")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="clb-bench-", dir=args.keep))
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
         certs = certificates(max(sizes))
-        exe = str(Path(sys.executable).with_name("clbagent"))
-        wall, cpu = timed([exe, "validate", "--help"], args.repeat)
-        print(f"start-up (clbagent validate --help): {wall:.3f} s wall, {cpu:.3f} s CPU")
-        print("wall seconds (CPU seconds); ratios of CPU seconds to nginx -t's")
-        print(
-            f"{'domains':>8} {'files':>6} {'validate':>15} {'render --out':>15} {'output MB':>10} "
-            f"{'nginx -t':>15} {'validate %':>11} {'render %':>9} {'render % wall':>14}"
-        )
+        exe, _ = cli(None)
+        start = best([run_once([*exe, "validate", "--help"]) for _ in range(args.repeat)])
+        floor = best([run_once([sys.executable, "-c", FLOOR]) for _ in range(args.repeat)])
+        print(f"start-up (clbagent validate --help): {start[0]:.3f} s wall, {start[1]:.3f} s CPU")
+        print(f"floor (Python and the imports of a full render): {floor[0]:.3f} s wall, {floor[1]:.3f} s CPU")
+        print("wall seconds (CPU seconds), and CPU seconds as a share of nginx -t's")
         for size in sizes:
-            r = measure(size, args.per_lb, certs, work, args.repeat)
-            (vw, vc), (rw, rc), (nw, nc) = r["validate"], r["render"], r["nginx_t"]
+            r = measure(size, args.per_lb, certs, work, args.repeat, args.compare_with)
+            nginx_wall, nginx_cpu = r["nginx -t"]
             print(
-                f"{r['domains']:>8} {r['files']:>6} {vw:>7.3f} ({vc:5.3f}) {rw:>7.3f} ({rc:5.3f}) "
-                f"{r['size'] / 1e6:>10.2f} {nw:>7.3f} ({nc:5.3f}) {vc / nc:>11.1%} {rc / nc:>9.1%} {rw / nw:>14.1%}"
+                f"{r['domains']} domains, {r['files']} files, output {r['size'] / 1e6:.1f} MB: "
+                f"nginx -t {nginx_wall:.3f} ({nginx_cpu:.3f}); floor {floor[1] / nginx_cpu:.1%}"
             )
+            for key, (wall, cpu) in r["runs"].items():
+                share, wall_share = cpu / nginx_cpu, wall / nginx_wall
+                print(f"  {key:<22} {wall:>7.3f} ({cpu:6.3f}) {share:>7.1%}  wall {wall_share:>6.1%}")
         changed, compiled, written = one_change(args.lbs, work)
         print(
             f"one target changed in one of {args.lbs} load balancers: files rewritten {changed} "

@@ -31,7 +31,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,6 +189,8 @@ def _read(where: Path) -> dict[str, Any] | None:
 
 def _write(where: Path, record: dict[str, Any]) -> None:
     """Replace the record atomically (a concurrent run reads the old one or the new one)."""
+    import tempfile  # only a full run writes: a replay does not import it
+
     try:
         fd, tmp = tempfile.mkstemp(dir=where.parent, prefix=".", suffix=".tmp")
     except OSError:

@@ -131,11 +131,14 @@ def _digest_is(path: str, digest: str, mode: int) -> bool:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) != mode:
             return False
-        return hashlib.sha256(f.read()).hexdigest() == digest
+        data = os.read(fd, info.st_size + 1)  # one read: a file that differs in size differs anyway
+        return len(data) == info.st_size and hashlib.sha256(data).hexdigest() == digest
+    finally:
+        os.close(fd)
 
 
 def _files(folder: Path) -> set[str]:
