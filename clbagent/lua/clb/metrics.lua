@@ -5,11 +5,12 @@
 --- scope and under the backend member that answered last. Nothing a client sends becomes a key,
 --- so the number of keys is bounded by the configuration.
 ---
---- The log phase does as little as it can: it reads one nginx variable that holds the request's
---- values joined (clbagent/nginx/metrics_channel.py: LOG_FIELDS) and keeps that string in a
---- buffer of the worker. The buffer is added into plain Lua tables in one loop, which LuaJIT
---- compiles and which runs with its data in the cache: when it is full, before every flush and
---- before the control channel answers the counters. Each worker merges the tables into
+--- The log phase does as little as it can: it takes the status and the time through the FFI,
+--- reads one nginx variable that holds the request's other values joined
+--- (clbagent/nginx/metrics_channel.py: LOG_FIELDS) and keeps the three in buffers of the worker.
+--- The buffers are added into plain Lua tables in one loop, which LuaJIT compiles and which runs
+--- with its data in the cache: when they are full, before every flush and before the control
+--- channel answers the counters. Each worker merges the tables into
 --- lua_shared_dict clb_metrics once a second, when it exits, and directly while it drains after a
 --- reload. The dict keeps its contents across a reload while its size is unchanged; a restart
 --- empties it (the counters start again at zero, as Prometheus expects of a restart).
@@ -34,6 +35,7 @@ local LOCK_TRIES = 1000
 local BATCH = 512 -- requests kept before they are added into the counters
 M.BATCH = BATCH
 local SEP, DASH = 124, 45 -- "|" between the joined values, "-" for no time
+
 local REQ_B, REQ_L = text.REQ_B, text.REQ_L
 local S404_B, S404_L, S502_B, S502_L, S504_B, S504_L = text.S404_B, text.S404_L, text.S502_B, text.S502_L, text.S504_B, text.S504_L
 local TIMEOUTS, BYTES_IN, BYTES_OUT, NEW_CONNS = text.TIMEOUTS, text.BYTES_IN, text.BYTES_OUT, text.NEW_CONNS
@@ -275,7 +277,8 @@ function M.start()
 end
 
 --- log_by_lua: keep the request's values, read from the variable ``var_name`` that joins them
---- (LOG_FIELDS). One variable read: each further ngx.var read costs as much as the buffering.
+--- (LOG_FIELDS). One variable read: each further ngx.var read would cost about as much as the
+--- buffering and the adding together.
 --- A draining worker (its timer ran for the last time) adds and merges the request at once.
 function M.log(var_name)
   local s = ngx_var[var_name]
