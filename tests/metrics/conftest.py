@@ -37,6 +37,7 @@ class _StatusHandler(BaseHTTPRequestHandler):
     """``/status/<code>`` answers that code, anything else 200; the body names the path."""
 
     protocol_version = "HTTP/1.1"
+    wbufsize = 1 << 16  # header and body in one write: two would wait for the delayed ACK (Nagle)
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
