@@ -13,13 +13,15 @@
    under callgrind: user-space instructions per request (``--instances N``: N nginx instances each,
    median and range). ``--before DIR`` (an earlier
    ``clbagent/lua``, e.g. extracted with ``git archive``) adds ``nometrics-before``, that Lua's
-   balancer on the same prefix, so a change is measured before and after in the same run.
+   balancer on the same prefix, so a change is measured before and after in the same run;
+   ``--floor`` adds ``nometrics-floor``, a balancer that only sets one member and an empty log
+   phase: what nginx's Lua module costs by itself.
 2. Change to traffic: time from sending a member change to the first request answered by the new
    member — over the control channel (dynamic), and by rewriting the configuration and reloading
    (static) — with 1 and with 1,000 upstreams in the configuration.
 
 Run:  nice -n 10 .venv/bin/python bench/dynamic_bench.py [--seconds 2] [--rounds 9] [--bodies 0,1024,16384]
-      [--before DIR] [--instances 1] [--only throughput|instructions|change] [--sizes 1,1000] [--repeats 20]
+      [--before DIR] [--floor] [--instances 1] [--only throughput|instructions|change] [--sizes 1,1000] [--repeats 20]
 Hold /tmp/clb-locks/bench_wrk while it runs on a shared host.
 Goals: dynamic throughput ≥ 90% of static; dynamic change ≤ 100 ms.
 """
@@ -70,6 +72,45 @@ BACKENDS = 4
 FRONT_CPU, OTHER_CPU = 0, 1  # the measured nginx worker alone on one core; wrk and backends on the other
 VARIANTS = ("static", "dynamic", "dynamic-nometrics")
 BEFORE = "nometrics-before"  # dynamic-nometrics with the Lua directory given by --before
+FLOOR = "nometrics-floor"  # dynamic-nometrics with a balancer that only sets the first member (--floor)
+
+# The least any Lua balancer does: set_current_peer of one member (read once), an empty log phase.
+# What nginx's Lua module costs by itself, whatever the balancer's own work.
+FLOOR_BALANCER = """\
+local set_current_peer = require("ngx.balancer").set_current_peer
+local M = {}
+local host, port
+function M.balance(name)
+  if not host then
+    local up = require("cjson").decode(ngx.shared.clb_upstreams:get("d:" .. name))
+    host, port = up.members[1].endpoint:match("^(.*):(%d+)$")
+    port = tonumber(port)
+  end
+  set_current_peer(host, port)
+end
+function M.log() end
+function M.header_filter() end
+return M
+"""
+
+
+def floor_lua(work: Path) -> Path:
+    """A copy of the Lua directory with the floor's balancer."""
+    lua = work / "floor-lua"
+    shutil.copytree(LUA_DIR, lua)
+    (lua / "clb" / "balancer.lua").write_text(FLOOR_BALANCER)
+    return lua
+
+
+def variants_of(work: Path, before: Path | None, floor: bool) -> dict[str, Path]:
+    """The variants to measure, each with the Lua directory its nginx loads."""
+    out = dict.fromkeys(VARIANTS, LUA_DIR)
+    if before:
+        out[BEFORE] = before
+    if floor:
+        out[FLOOR] = floor_lua(work)
+    return out
+
 
 COMMON = """\
 worker_processes 1;
@@ -208,7 +249,7 @@ class Front:
             "worker_processes auto;", f"worker_processes 1;\nworker_cpu_affinity {affinity(FRONT_CPU)};"
         )
         assert conf != cfg.files["nginx.conf"], "nginx.conf no longer says worker_processes auto"
-        if variant in ("dynamic-nometrics", BEFORE):
+        if variant in ("dynamic-nometrics", BEFORE, FLOOR):
             conf = without_metrics(conf, cfg.files, str(self.prefix))
             conf = conf.replace(f'lua_package_path "{LUA_DIR}/', f'lua_package_path "{lua}/')
         cfg.files["nginx.conf"] = conf
@@ -301,18 +342,18 @@ def without_metrics(conf: str, files: dict[str, str], prefix: str) -> str:
     return conf.replace(counted, bare)
 
 
-def throughput(work: Path, seconds: int, rounds: int, bodies: tuple[int, ...], before: Path | None) -> None:
+def throughput(work: Path, seconds: int, rounds: int, bodies: tuple[int, ...], lua: dict[str, Path]) -> None:
     """Rounds of one run per variant, the order rotating, so that the load of a shared host hits
     all alike; every variant's ratio to static is taken within its round. Once per response size
-    in ``bodies`` (0: the backends' tiny answer). ``before``: also the balancer of that Lua directory."""
-    variants = (*VARIANTS, BEFORE) if before else VARIANTS
+    in ``bodies`` (0: the backends' tiny answer). ``lua``: the variants and their Lua directories."""
+    variants = tuple(lua)
     backends = Backends(work, tuple(b for b in bodies if b))
     port = free_port(FRONT.format(1))
     fronts: dict[str, Front] = {}
     results: dict[int, dict[str, list[Run]]] = {}
     try:
         for i, v in enumerate(variants):
-            fronts[v] = Front(work, v, FRONT.format(i + 1), port, backends, lua=before or LUA_DIR)
+            fronts[v] = Front(work, v, FRONT.format(i + 1), port, backends, lua=lua[v])
         for front in fronts.values():
             front.wrk(1)  # warm-up: LuaJIT traces, keep-alive pools
         orders = itertools.cycle(itertools.permutations(variants))
@@ -349,18 +390,17 @@ def report(runs: dict[str, list[Run]]) -> None:
             )
 
 
-def instructions(work: Path, warm: int, seconds: int, before: Path | None, instances: int) -> None:
+def instructions(work: Path, warm: int, seconds: int, lua: dict[str, Path], instances: int) -> None:
     """Each variant's nginx under callgrind in turn, ``instances`` times (each a new nginx: LuaJIT
     forms its traces differently each time, a few hundred instructions apart): user-space
     instructions per request, median and range."""
-    variants = (*VARIANTS, BEFORE) if before else VARIANTS
+    variants = tuple(lua)
     backends = Backends(work)
     port = free_port(FRONT.format(1))
     got: dict[str, list[float]] = {v: [] for v in variants}
     try:
         fronts = [
-            Front(work, v, FRONT.format(i + 1), port, backends, serve=False, lua=before or LUA_DIR)
-            for i, v in enumerate(variants)
+            Front(work, v, FRONT.format(i + 1), port, backends, serve=False, lua=lua[v]) for i, v in enumerate(variants)
         ]
         for _ in range(instances):
             for front in fronts:
@@ -479,6 +519,7 @@ def main() -> int:
     ap.add_argument("--bodies", default="0,1024,16384", help="response sizes in bytes (0: tiny)")
     ap.add_argument("--instances", type=int, default=1, help="callgrind: nginx instances per variant")
     ap.add_argument("--before", type=Path, help="an earlier clbagent/lua directory: its balancer as one more variant")
+    ap.add_argument("--floor", action="store_true", help="one more variant: a balancer that only sets a member")
     ap.add_argument("--only", choices=("throughput", "change", "instructions"), help="run one part only")
     ap.add_argument("--sizes", default="1,1000")
     ap.add_argument("--repeats", type=int, default=20)
@@ -488,13 +529,14 @@ def main() -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="clb-dynbench-"))
     work.chmod(0o755)
+    lua = variants_of(work, args.before, args.floor)
     try:
         if args.only in (None, "throughput"):
             bodies = tuple(int(x) for x in args.bodies.split(","))
-            throughput(work / "throughput", args.seconds, args.rounds, bodies, args.before)
+            throughput(work / "throughput", args.seconds, args.rounds, bodies, lua)
         if args.only in (None, "instructions"):
             if shutil.which("valgrind"):
-                instructions(work / "instructions", 5, 10, args.before, args.instances)
+                instructions(work / "instructions", 5, 10, lua, args.instances)
             else:
                 print("instructions: valgrind is not installed (scripts/apt-packages-lua.txt)")
         for size in [int(x) for x in args.sizes.split(",")] if args.only in (None, "change") else []:
