@@ -195,7 +195,8 @@ def parse_text(
         key = digest(f"{source.endswith('.json')}\0{text}".encode())
         before = reading.known.get(key)
         found = _parse(text, source, settings) if before is None else json.loads(before)
-        reading.parsed[key] = before or json.dumps(found, allow_nan=True)
+        if "PRIVATE KEY" not in text:  # noted parses are kept on disk: never one with a key written inline
+            reading.parsed[key] = before or json.dumps(found, allow_nan=True)
     if len(found) > settings.max_documents_per_file:
         raise DocumentError(f"more than {settings.max_documents_per_file} documents in one file")
     if len(found) == 1:

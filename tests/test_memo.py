@@ -4,6 +4,7 @@ record of the last run, and any change of what the answer depends on runs the co
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 from pathlib import Path
@@ -89,6 +90,19 @@ def test_a_full_run_parses_only_the_texts_it_has_not_seen(docs, capsys, monkeypa
     shop.write_text(shop.read_text().replace("Weight: 31", "Weight: 30"))
     assert output(capsys, argv) == first != second
     assert parsed[2:] == ["shop.yaml", "shop.yaml"]  # a record keeps the parses of its own run only
+
+
+def test_a_record_holds_no_private_key(docs, tmp_path, capsys):
+    key = (docs / "certs" / "www.example.com.key").read_text()
+    cert = (docs / "certs" / "www.example.com.crt").read_text()
+    inline = {"Certificates": [{"CertId": "inline", "CertType": "SVR", "CertContent": cert, "CertKey": key}]}
+    (docs / "inline.yaml").write_text(json.dumps(inline))
+    prefix = tmp_path / "prefix"
+    for argv in (["validate", str(docs)], ["render", "--out", str(prefix), str(docs)]):
+        assert output(capsys, argv)[0] == 0
+    records = list((tmp_path / "cache" / "clbagent").glob("*.json"))
+    assert len(records) == 2 and (prefix / "certs" / "cert-www.key").exists()
+    assert not any("PRIVATE KEY" in r.read_text() for r in records)
 
 
 def test_render_out_replays_only_onto_the_prefix_it_wrote(docs, tmp_path, full_runs, capsys):
