@@ -72,7 +72,10 @@ def add_argument(parser: Any) -> None:
 def answer(args: Any, full: Callable[[Run | None], int], out: Path | None = None) -> int:
     """The exit code of the command ``args``: replayed from its record if the record still holds,
     else from ``full`` (given a :class:`Run` to fill, or None when nothing is to be recorded)."""
-    where = None if args.no_cache else _record_path(args)
+    try:
+        where = None if args.no_cache else _record_path(args)
+    except OSError:  # e.g. the working directory is gone: the record cannot be named
+        where = None
     if where is None:
         return full(None)
     head = _head(args)
