@@ -201,6 +201,7 @@ def compile_lb(
         balancers=balancers,
         servers=servers,
         scope_var=SCOPE_VAR,
+        no_access_log=lb.is_ipv6,  # the product logs L7 requests of IPv4 instances only (R137)
     )
     return text, ctx.files, ctx.warnings
 

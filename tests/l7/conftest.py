@@ -247,6 +247,7 @@ class _BackendServer(ThreadingHTTPServer):
         self.label, self.delay, self.hits = label, delay, 0
         self.lock = threading.Lock()
         self.conns: list[socket.socket] = []
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
 
     def process_request(self, request, client_address):  # type: ignore[override]

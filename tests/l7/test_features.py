@@ -245,6 +245,31 @@ def test_request_timeout_504_and_idle_timeout(serve, backends):
             assert (data == b"") == closed, port
 
 
+def test_ipv6_instances_write_no_access_log(serve, backends):
+    """The product writes access logs for L7 listeners of IPv4 instances only (R137): requests to an
+    IPv6 instance are served and counted, but leave no line; the IPv4 one next to it still logs."""
+    four, six = backends("v4"), backends("v6", ip="::1")
+    home = {"DefaultServer": True}
+    served = serve(
+        [
+            load_balancer(
+                "lb-v4", VIP, [listener("l4", "HTTP", PORT, [rule("r4", HOST, "/", [four.target()], **home)])]
+            ),
+            load_balancer(
+                "lb-v6",
+                "::1",
+                [listener("l6", "HTTP", PORT, [rule("r6", HOST, "/", [six.target()], **home)])],
+                AddressIPVersion="IPV6",
+            ),
+        ]
+    )
+    assert http_get("::1", PORT, HOST, "/six").status == 200
+    assert http_get(VIP, PORT, HOST, "/four").status == 200
+    assert (four.hits, six.hits) == (1, 1)
+    requests = [entry["request"] for entry in served.access_log()]
+    assert requests == ["GET /four HTTP/1.1"]
+
+
 def test_json_access_log(serve, backends):
     b = backends("logged")
     served = serve(
