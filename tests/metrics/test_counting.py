@@ -1,15 +1,19 @@
 """nginx's counters agree with its own access log, request by request: the log phase keeps each
 request's values and adds them later in a batch, so a value read in the wrong place or a time
-parsed wrongly would show here (docs/metrics.md, "How L7 is counted")."""
+parsed wrongly would show here (docs/metrics.md, "How L7 is counted"). Both ways the log phase
+reads them: from clbagent's nginx module, and from the joined variable where nginx runs without it."""
 
 from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from clbagent.nginx import metrics_channel
 from clbagent.nginx.metrics_channel import read_text
 from clbagent.nginx.upstreams_channel import SOCKET
 from tests.l7.conftest import listener, load_balancer, rule
@@ -42,10 +46,23 @@ def _last(value: str) -> str:
     return value.replace(" : ", ", ").split(", ")[-1]
 
 
-def test_counters_equal_the_access_log(serve, status_backend):
+@pytest.fixture(params=["module", "joined variable"])
+def values_from(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the log phase takes the values: nginx's module (built by scripts/setup.sh), or the
+    joined variable (the module left out of nginx.conf)."""
+    if request.param == "module":
+        assert metrics_channel.module_path(), "no module built for this nginx: scripts/build-nginx-module.sh"
+    else:
+        monkeypatch.setattr(metrics_channel, "MODULE", Path("/nonexistent/ngx_http_clb_metrics_module.so"))
+    return request.param
+
+
+def test_counters_equal_the_access_log(serve, status_backend, values_from):
     backends = [status_backend("127.0.63.2"), status_backend("127.0.63.3")]
     root = rule("loc-count", "www.example.com", "/", [b.target() for b in backends], DefaultServer=True)
     served = serve([load_balancer("lb-count", VIP, [listener("lbl-count", "HTTP", 8080, [root])])])
+    loaded = f"load_module {metrics_channel.MODULE};" in (served.prefix / "nginx.conf").read_text()
+    assert loaded == (values_from == "module")
     clients = [httpx.Client(base_url=f"http://{VIP}:8080", headers={"Host": "www.example.com"}) for _ in range(3)]
     for i in range(REQUESTS):
         path = "/status/502" if i % 10 == 3 else "/status/404" if i % 10 == 7 else f"/p/{i}"
