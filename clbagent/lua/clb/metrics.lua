@@ -88,13 +88,15 @@ local function ms_at(s, i)
 end
 
 --- The start of the last of nginx's per-try values in s[i..j], separated by ", " (tries) and
---- " : " (internal redirects): "0.003, 0.002 : 0.001", "10.0.0.1:80, 10.0.0.2:80".
+--- " : " (internal redirects): "0.003, 0.002 : 0.001", "10.0.0.1:80, 10.0.0.2:80"; j + 1 when
+--- the values end with " : " (the last upstream made no try).
 local function last_start(s, i, j)
   local sp = find(s, " ", i, true) -- a single try (the usual case) has no space
   if not sp or sp > j then
     return i
   end
-  return i - 1 + find(sub(s, i, j), "[^ ]+$")
+  local k = find(sub(s, i, j), "[^ ]+$")
+  return k and i - 1 + k or j + 1
 end
 
 local function key_of(name, prefix)
@@ -158,13 +160,16 @@ local function parse(s)
   local g = find(s, "|", f + 1, true)
   local h = find(s, "|", g + 1, true)
   local scope = sub(s, h + 1)
-  -- the backend answered when the last try's $upstream_header_time is a time, not "-"
-  local backend = f > e + 1 and byte(s, f - 1) ~= DASH
+  -- the backend answered when the last try's $upstream_header_time is a time (its last
+  -- character a digit), not "-" (no header) nor " : " (no try)
+  local last = byte(s, f - 1)
+  local backend = f > e + 1 and last >= 48 and last <= 57
   if g == f + 1 then -- no upstream
     return scope, bytes_in, bytes_out, new_conn, backend, -1, false
   end
-  local ut_ms = ms_at(s, last_start(s, f + 1, g - 1)) or -1
-  local k = last_start(s, g + 1, h - 1)
+  local k = last_start(s, f + 1, g - 1)
+  local ut_ms = k < g and ms_at(s, k) or -1
+  k = last_start(s, g + 1, h - 1)
   return scope, bytes_in, bytes_out, new_conn, backend, ut_ms, k < h and sub(s, k, h - 1)
 end
 
