@@ -3,16 +3,18 @@ scrape costs at 1,000 load balancers.
 
 1. Request path, on the path a user runs: one load balancer (an HTTP listener, one rule, three
    targets) compiled by clbagent in dynamic mode and served by its own nginx as compiled
-   (counted), the same prefix without the metrics (dynamic_bench's ``dynamic-nometrics``: no
-   counting in the log phase, no scope variable), and a second such nginx as a control. Each
+   (counted, the values from clbagent's nginx module), the same prefix with nginx.conf not loading
+   that module (counted through the joined variable, as where the module is not built), the same
+   prefix without the metrics (dynamic_bench's ``dynamic-nometrics``: no counting in the log
+   phase, no scope variable), and a second such nginx as a control. Each
    nginx has one worker pinned to CPU 0; wrk (-t1 -c32, keep-alive) and the backends run on
-   CPU 1. In each round the three serve a wrk each at the same time (run one after the other,
+   CPU 1. In each round the four serve a wrk each at the same time (run one after the other,
    two identical servers differed by ±10-20 % on the shared host; at the same time, by ±2 %);
    per round, counted / not counted and control / not counted in requests per wall-clock second
    and per CPU second of the worker; the median and the spread of the per-round ratios.
    Then the log phase alone: called in a loop inside the counted nginx after that traffic (so
    LuaJIT compiled it as the requests ran), in CPU time, against one not-counted request's CPU.
-2. Instructions: the counted and the not-counted nginx under callgrind in turn (wrk -c8 for some
+2. Instructions: the not-counted and the two counted nginx under callgrind in turn (wrk -c8 for some
    seconds after a warm-up): user-space instructions per request of the worker, a figure that
    the host's other load does not move. Kernel time (the sockets) is left out, so the share of
    counting is larger than in CPU time.
@@ -55,7 +57,7 @@ import bench.dynamic_bench as dyn  # noqa: E402
 from bench.dynamic_bench import COMMON, Backends, Front, free_port, prefix_dirs, start  # noqa: E402
 from clbagent.agent.metrics import AgentMetrics  # noqa: E402
 from clbagent.l7 import compile_nginx, write_prefix  # noqa: E402
-from clbagent.nginx.metrics_channel import LOG_VAR, SCOPE_VAR, read_text  # noqa: E402
+from clbagent.nginx.metrics_channel import LOG_VAR, SCOPE_VAR, module_path, read_text  # noqa: E402
 from clbagent.nginx.process import Nginx  # noqa: E402
 from clbagent.nginx.upstreams_channel import SOCKET  # noqa: E402
 from clbagent.settings import Settings  # noqa: E402
@@ -64,6 +66,7 @@ from clbagent.validate import validate_documents  # noqa: E402
 FRONT, BACK = "127.0.64.1", "127.0.64.2"
 PATH_FRONT, PATH_BACK = "127.0.61.{}", "127.0.62.{}"
 COUNTED, PLAIN, CONTROL = "dynamic", "dynamic-nometrics", "control"
+JOINED = "dynamic-joined"  # counted as compiled, but nginx.conf without clbagent's module: the joined variable
 # A server added to the counted prefix after the wrk rounds: the log phase in a loop.
 LOGCOST = f"""\
 server {{
@@ -72,9 +75,9 @@ server {{
         local log, n = require("clb.metrics").log, tonumber(ngx.var.arg_n)
         local function nothing() end
         local t0 = os.clock()
-        for _ = 1, n do nothing("{LOG_VAR}") end
+        for _ = 1, n do nothing("{LOG_VAR}", "{SCOPE_VAR}") end
         local t1 = os.clock()
-        for _ = 1, n do log("{LOG_VAR}") end
+        for _ = 1, n do log("{LOG_VAR}", "{SCOPE_VAR}") end
         ngx.say((os.clock() - t1 - (t1 - t0)) / n)
     }} }}
 }}
@@ -85,6 +88,23 @@ def spread(ratios: list[float]) -> str:
     ratios = sorted(ratios)
     q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
     return f"{statistics.median(ratios):.1%} (quartiles {q1:.1%}-{q3:.1%}, range {ratios[0]:.1%}-{ratios[-1]:.1%})"
+
+
+def front(work: Path, name: str, vip: str, port: int, backends: Backends, serve: bool = True) -> Front:
+    """The nginx of ``name``; ``JOINED`` is the counted prefix with the line that loads clbagent's
+    module taken out of nginx.conf, so that the log phase reads the joined variable instead."""
+    if name != JOINED:
+        return Front(work / name, COUNTED if name == COUNTED else PLAIN, vip, port, backends, serve=serve)
+    f = Front(work / name, COUNTED, vip, port, backends, serve=False)
+    conf = f.prefix / "nginx.conf"
+    module = module_path()
+    assert module, "no module built for this nginx: scripts/build-nginx-module.sh"
+    text = conf.read_text()
+    assert f"load_module {module};\n" in text, "nginx.conf no longer loads the module this way: update the benchmark"
+    conf.write_text(text.replace(f"load_module {module};\n", ""))
+    if serve:
+        f.nginx = start(f.prefix)
+    return f
 
 
 def concurrent_round(fronts: dict[str, Front], seconds: int) -> dict[str, tuple[float, float]]:
@@ -103,42 +123,49 @@ def concurrent_round(fronts: dict[str, Front], seconds: int) -> dict[str, tuple[
 
 
 def request_path(work: Path, seconds: int, rounds: int) -> None:
-    """Rounds in which counted, not counted and a second not-counted nginx (the control) serve wrk
-    at the same time, their workers sharing CPU 0: whatever else the host runs hits all three
-    alike. The control's ratio to the first not-counted nginx shows what two identical servers
-    differ by on this host."""
+    """Rounds in which counted (values from clbagent's nginx module), counted through the joined
+    variable (nginx without the module), not counted and a second not-counted nginx (the control)
+    serve wrk at the same time, their workers sharing CPU 0: whatever else the host runs hits all
+    four alike. The control's ratio to the first not-counted nginx shows what two identical
+    servers differ by on this host."""
     dyn.BACK = PATH_BACK  # the backends and the document read it: this benchmark's own addresses
     backends = Backends(work)
     port = free_port(PATH_FRONT.format(1))
-    names = (COUNTED, PLAIN, CONTROL)
+    names = (COUNTED, JOINED, PLAIN, CONTROL)
     fronts: dict[str, Front] = {}
     try:
         for i, name in enumerate(names):
-            variant = COUNTED if name == COUNTED else PLAIN
-            fronts[name] = Front(work / name, variant, PATH_FRONT.format(i + 1), port, backends)
+            fronts[name] = front(work, name, PATH_FRONT.format(i + 1), port, backends)
         concurrent_round(fronts, 1)  # warm-up: LuaJIT traces, keep-alive pools
         runs = [concurrent_round(fronts, seconds) for _ in range(rounds)]
         print(
-            f"request path: {rounds} rounds of {seconds} s, three nginx served at once (wrk -t1 -c32 each), "
+            f"request path: {rounds} rounds of {seconds} s, {len(names)} nginx served at once (wrk -t1 -c32 each), "
             f"their workers on CPU {dyn.FRONT_CPU}, wrk and the backends on CPU {dyn.OTHER_CPU}"
         )
         for name in names:
             print(f"  {name:18} req/s: " + ", ".join(f"{r[name][0]:,.0f}" for r in runs))
         print("  goal: counted/not counted >= 95%")
+        ratios_of = (
+            (COUNTED, "counted (module)/not counted"),
+            (JOINED, "counted (joined variable)/not counted"),
+            (CONTROL, "control: not counted/not counted"),
+        )
         for label, k in (("per wall-clock second", 0), ("per CPU second of the worker", 1)):
             print(f"  {label}: not counted, median {statistics.median(r[PLAIN][k] for r in runs):,.0f}")
-            for name, what in ((COUNTED, "counted/not counted"), (CONTROL, "control: not counted/not counted")):
+            for name, what in ratios_of:
                 ratios = [r[name][k] / r[PLAIN][k] for r in runs]
                 print(f"    {what} = {spread(ratios)}, median of {rounds} rounds")
         per_request = 1 / statistics.median(r[PLAIN][1] for r in runs)
-        log_cost = log_phase_alone(fronts[COUNTED])
-        print(
-            f"  the counting log phase alone: {log_cost * 1e6:.2f} us CPU per request (median of 5 loops of 100,000), "
-            f"{log_cost / per_request:.1%} of a not-counted request's worker CPU ({per_request * 1e6:.1f} us)"
-        )
+        for name in (COUNTED, JOINED):
+            log_cost = log_phase_alone(fronts[name])
+            print(
+                f"  the counting log phase alone ({name}): {log_cost * 1e6:.2f} us CPU per request (median of 5 loops "
+                f"of 100,000), {log_cost / per_request:.1%} of a not-counted request's worker CPU "
+                f"({per_request * 1e6:.1f} us)"
+            )
     finally:
-        for front in fronts.values():
-            front.close()
+        for f in fronts.values():
+            f.close()
         backends.close()
 
 
@@ -155,31 +182,37 @@ def log_phase_alone(front: Front) -> float:
 
 
 def instructions(work: Path, warm: int, seconds: int) -> None:
-    """The not-counted and the counted nginx under callgrind in turn: user-space instructions per
-    request of the worker, and their ratio. Under valgrind nginx serves a few hundred requests a
-    second, so the once-a-second flush weighs on each request tens of times more than at full
-    speed: the part spent in timers is printed apart (an upper bound of what the flush costs; it
-    also holds the adding of the buffered requests, which at full speed the log phase does when
-    the buffer fills)."""
+    """The not-counted nginx and the counted one (values from clbagent's module, then through the
+    joined variable) under callgrind in turn: user-space instructions per request of the worker,
+    and their ratio. Under valgrind nginx serves a few hundred requests a second, so the
+    once-a-second flush weighs on each request tens of times more than at full speed: the part
+    spent in timers is printed apart (an upper bound of what the flush costs; it also holds the
+    adding of the buffered requests, which at full speed the log phase does when the buffer
+    fills)."""
     dyn.BACK = PATH_BACK
     backends = Backends(work)
     port = free_port(PATH_FRONT.format(1))
     got = {}
     try:
-        for i, name in enumerate((PLAIN, COUNTED)):
-            front = Front(work / name, name, PATH_FRONT.format(i + 1), port, backends, serve=False)
-            per_request, requests = front.instructions(warm, seconds)
-            got[name] = per_request, requests, timers(front.prefix / "callgrind.out.1") / requests
+        for i, name in enumerate((PLAIN, COUNTED, JOINED)):
+            f = front(work, name, PATH_FRONT.format(i + 1), port, backends, serve=False)
+            per_request, requests = f.instructions(warm, seconds)
+            got[name] = per_request, requests, timers(f.prefix / "callgrind.out.1") / requests
     finally:
         backends.close()
-    (plain, n_plain, _), (counted, n_counted, in_timers) = got[PLAIN], got[COUNTED]
+    plain, n_plain, _ = got[PLAIN]
     print(
         f"instructions per request of the nginx worker (callgrind, user space only, {seconds} s of wrk -c8 each): "
-        f"not counted {plain:,.0f} ({n_plain} requests), counted {counted:,.0f} ({n_counted} requests), "
-        f"{in_timers:,.0f} of them in timers; counting adds {counted - plain:,.0f} ({(counted - plain) / plain:.1%}), "
-        f"{counted - in_timers - plain:,.0f} ({(counted - in_timers - plain) / plain:.1%}) without the timers; "
-        f"not counted/counted = {plain / counted:.1%} ({plain / (counted - in_timers):.1%} without the timers)"
+        f"not counted {plain:,.0f} ({n_plain} requests)"
     )
+    for name in (COUNTED, JOINED):
+        counted, n_counted, in_timers = got[name]
+        print(
+            f"  {name}: {counted:,.0f} ({n_counted} requests), {in_timers:,.0f} of them in timers; counting adds "
+            f"{counted - plain:,.0f} ({(counted - plain) / plain:.1%}), {counted - in_timers - plain:,.0f} "
+            f"({(counted - in_timers - plain) / plain:.1%}) without the timers; not counted/counted = "
+            f"{plain / counted:.1%} ({plain / (counted - in_timers):.1%} without the timers)"
+        )
 
 
 def timers(dump: Path) -> int:

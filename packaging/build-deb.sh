@@ -41,6 +41,15 @@ git ls-files -z -co --exclude-standard | xargs -0 tar --ignore-failed-read -cf -
 # The builder venv's pip installs into the new venv (--python); scripts point at $venv/bin/python.
 "$root/.venv/bin/python" -m pip --python "$venv/bin/python" install --quiet --disable-pip-version-check \
   --no-compile "$work/src" >&2
+# clbagent's nginx module of the L7 metrics (scripts/build-nginx-module.sh, run by setup.sh), built
+# for the builder's nginx: the agent loads it only where the host's nginx is that same build (the
+# version and signature its .abi names), else counts through the joined variable (docs/metrics.md).
+module=$root/clbagent/nginx/module/ngx_http_clb_metrics_module.so
+if [ -f "$module" ] && [ -f "$module.abi" ]; then
+  install -D -m 0644 -t "$venv/lib/python$pyver/site-packages/clbagent/nginx/module" "$module" "$module.abi"
+else
+  echo "build-deb: no built nginx module ($module): the package counts L7 metrics without it" >&2
+fi
 rm -rf "$venv/lib/python$pyver/site-packages/"*.dist-info/direct_url.json "$venv/bin/"[Aa]ctivate*
 # Paths as they will be on the host: the scripts' interpreter line and the venv's record of itself.
 grep -rlI --null "$stage" "$venv/bin" "$venv/pyvenv.cfg" | xargs -0 -r sed -i "s|$stage||g"

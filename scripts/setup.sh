@@ -20,6 +20,9 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/n
   systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
 
+# clbagent's nginx module of the L7 metrics, for this nginx (quick when it is up to date).
+scripts/build-nginx-module.sh
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

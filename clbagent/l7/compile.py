@@ -17,7 +17,7 @@ from pathlib import Path
 from clbagent.errors import Code, Issue
 from clbagent.model import LoadBalancer
 from clbagent.nginx import upstreams_channel as channel
-from clbagent.nginx.metrics_channel import SCOPE_VAR
+from clbagent.nginx.metrics_channel import SCOPE_VAR, module_path
 from clbagent.validate import DesiredState
 from clbagent.validate.catalog import Catalog
 
@@ -147,6 +147,7 @@ def main_conf(
         "nginx.conf.j2",
         prefix=prefix,
         lua=lua,
+        metrics_module=module_path() if dynamic else None,
         worker_shutdown_timeout=worker_shutdown_timeout,
         headers_more=HEADERS_MORE,
         proxy_headers=DEFAULT_PROXY_HEADERS,

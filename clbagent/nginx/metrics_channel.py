@@ -12,15 +12,23 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import socket
 from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 from urllib.parse import quote
+
+from clbagent.nginx.process import NGINX
 
 # Longer than 32 characters: no named capture of a user's regex can set them (see l7/names.py).
 SCOPE_VAR = "clb_scope_" + hashlib.sha256(b"metrics scope").hexdigest()[:32]
 LOG_VAR = "clb_log_" + hashlib.sha256(b"metrics log").hexdigest()[:25]
-# What the log phase reads, in one variable (clb.metrics parses it in this order): one read of
+# clbagent's own nginx module (clbagent/nginx/module, built by scripts/build-nginx-module.sh): it
+# hands the log phase the values of LOG_FIELDS as numbers. Next to it, "<nginx version>
+# <module signature>" of the nginx it was built for.
+MODULE = Path(__file__).resolve().parent / "module" / "ngx_http_clb_metrics_module.so"
+# Without the module, what the log phase reads, in one variable (clb.metrics parses it in this order): one read of
 # nginx's variables costs as much as the Lua that buffers the request. The times are "%T.%03M"
 # per try; the scope comes last, so nothing it holds can shift the other values. The status and
 # the request's time come from the Lua module's FFI calls, which format no text.
@@ -43,6 +51,33 @@ _DOMAIN_SAFE = "*._-"  # kept as they are (with letters and digits); everything 
 def scope(load_balancer: str, listener: str, rule: str, domain: str) -> str:
     """The scope of one location (``rule`` = LocationId) or of a server's own answers (``rule`` "")."""
     return f"{load_balancer}/{listener}/{rule}/{quote(domain, safe=_DOMAIN_SAFE)}"
+
+
+def module_path(module: Path | None = None, nginx: str | None = None) -> Path | None:
+    """``module`` (default ``MODULE``) when it was built for the ``nginx`` binary (default the one
+    clbagent runs), else None (the log phase then reads the joined variable). nginx refuses to
+    start with a module built for another version or with other build options, so a module
+    reaches nginx.conf only when the version and the signature it was built with are both in that
+    binary, as nginx itself compares them."""
+    module, nginx = module or MODULE, nginx or NGINX
+    try:
+        version, signature = (module.parent / (module.name + ".abi")).read_text().split()
+        st = os.stat(nginx)
+    except (OSError, ValueError):
+        return None
+    if not module.is_file():
+        return None
+    return module if _binary_has(nginx, st.st_mtime_ns, st.st_size, f"nginx/{version}", signature) else None
+
+
+@cache
+def _binary_has(nginx: str, mtime_ns: int, size: int, *strings: str) -> bool:
+    """Whether the binary holds each of ``strings`` as a C string; cached per version of the file."""
+    try:
+        data = Path(nginx).read_bytes()
+    except OSError:
+        return False
+    return all(s.encode() + b"\0" in data for s in strings)
 
 
 class MetricsUnavailableError(Exception):
@@ -91,8 +126,8 @@ class _UnixConnection(http.client.HTTPConnection):
 
 def http_lines() -> tuple[str, str, str, str]:
     """The http-level pieces of counting: the dict, the default of the scope variable and the
-    variable that joins the log phase's values, the module loaded in the master, the flush timer
-    of each worker, and the log-phase call."""
+    variable that joins the log phase's values (read where nginx runs without ``MODULE``), the
+    Lua module loaded in the master, the flush timer of each worker, and the log-phase call."""
     return (
         # the scope is "" wherever no server or location of ours sets it (no warning, not counted);
         # a map's value is computed when it is read: in the log phase, once per request
@@ -100,7 +135,7 @@ def http_lines() -> tuple[str, str, str, str]:
         f'    map "" ${LOG_VAR} {{ default "{LOG_FIELDS}"; }}\n',
         'require("clb.metrics")',
         '    init_worker_by_lua_block { require("clb.metrics").start() }\n',
-        f'require("clb.metrics").log("{LOG_VAR}")',
+        f'require("clb.metrics").log("{LOG_VAR}", "{SCOPE_VAR}")',
     )
 
 

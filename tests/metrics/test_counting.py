@@ -1,22 +1,27 @@
 """nginx's counters agree with its own access log, request by request: the log phase keeps each
 request's values and adds them later in a batch, so a value read in the wrong place or a time
-parsed wrongly would show here (docs/metrics.md, "How L7 is counted")."""
+parsed wrongly would show here (docs/metrics.md, "How L7 is counted"). Both ways the log phase
+reads them: from clbagent's nginx module, and from the joined variable where nginx runs without it."""
 
 from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from clbagent.nginx import metrics_channel
 from clbagent.nginx.metrics_channel import read_text
 from clbagent.nginx.upstreams_channel import SOCKET
 from tests.l7.conftest import listener, load_balancer, rule
-from tests.metrics.conftest import wait_for
+from tests.metrics.conftest import free_port, wait_for
 
 VIP = "127.0.63.1"
 REQUESTS = 1200  # more than a worker's buffer (512) over a few keep-alive connections
+DEAD = 7  # requests to the rule whose target is down
 
 
 def _closing_request(path: str) -> None:
@@ -42,19 +47,36 @@ def _last(value: str) -> str:
     return value.replace(" : ", ", ").split(", ")[-1]
 
 
-def test_counters_equal_the_access_log(serve, status_backend):
+@pytest.fixture(params=["module", "joined variable"])
+def values_from(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the log phase takes the values: nginx's module (built by scripts/setup.sh), or the
+    joined variable (the module left out of nginx.conf)."""
+    if request.param == "module":
+        assert metrics_channel.module_path(), "no module built for this nginx: scripts/build-nginx-module.sh"
+    else:
+        monkeypatch.setattr(metrics_channel, "MODULE", Path("/nonexistent/ngx_http_clb_metrics_module.so"))
+    return request.param
+
+
+def test_counters_equal_the_access_log(serve, status_backend, values_from):
     backends = [status_backend("127.0.63.2"), status_backend("127.0.63.3")]
     root = rule("loc-count", "www.example.com", "/", [b.target() for b in backends], DefaultServer=True)
-    served = serve([load_balancer("lb-count", VIP, [listener("lbl-count", "HTTP", 8080, [root])])])
+    # a target nobody listens on: nginx answers 502 itself, after a try with no response header
+    dead = rule("loc-dead", "www.example.com", "/dead", [{"EniIp": "127.0.63.4", "Port": free_port("127.0.63.4")}])
+    served = serve([load_balancer("lb-count", VIP, [listener("lbl-count", "HTTP", 8080, [root, dead])])])
+    loaded = f"load_module {metrics_channel.MODULE};" in (served.prefix / "nginx.conf").read_text()
+    assert loaded == (values_from == "module")
     clients = [httpx.Client(base_url=f"http://{VIP}:8080", headers={"Host": "www.example.com"}) for _ in range(3)]
     for i in range(REQUESTS):
         path = "/status/502" if i % 10 == 3 else "/status/404" if i % 10 == 7 else f"/p/{i}"
         clients[i % 3].get(path, headers={"X-Pad": "x" * (i % 97)})  # request sizes vary
     for i in range(5):
         _closing_request(f"/closing/{i}")
+    for i in range(DEAD):
+        assert clients[0].get(f"/dead/{i}").status_code == 502
     for c in clients:
         c.close()
-    total = REQUESTS + 5
+    total = REQUESTS + 5 + DEAD
     log = wait_for(lambda: len(served.access_log()) >= total and served.access_log(), 10, "the access log")
     records = [json.loads(line) for line in log]
     assert len(records) == total
@@ -66,6 +88,14 @@ def test_counters_equal_the_access_log(serve, status_backend):
 
     samples = wait_for(read, 10, "every request counted")  # the workers flush once a second
     rule_labels = (("rule", "loc-count"),)
+    dead_records = [r for r in records if r["request"].startswith("GET /dead/")]
+    assert len(dead_records) == DEAD and all(_last(r["upstream_header_time"]) == "-" for r in dead_records)
+    assert samples[("clb_http_responses_total", (("code", "502"), ("rule", "loc-dead"), ("source", "lb")))] == DEAD
+    assert samples[("clb_http_requests_total", (("code", "5xx"), ("rule", "loc-dead"), ("source", "lb")))] == DEAD
+    dead_upstream = sum(float(_last(r["upstream_response_time"])) for r in dead_records)
+    assert abs(samples[("clb_http_upstream_response_seconds_sum", (("rule", "loc-dead"),))] - dead_upstream) < 1e-6
+    records = [r for r in records if r not in dead_records]
+    total -= DEAD
 
     def value(name: str, *labels: tuple[str, str]) -> float:
         return samples[(name, tuple(sorted(rule_labels + labels)))]

@@ -6,9 +6,10 @@
 --- so the number of keys is bounded by the configuration.
 ---
 --- The log phase does as little as it can: it takes the status and the time through the FFI,
---- reads one nginx variable that holds the request's other values joined
---- (clbagent/nginx/metrics_channel.py: LOG_FIELDS) and keeps the three in buffers of the worker.
---- The buffers are added into plain Lua tables in one loop, which LuaJIT compiles and which runs
+--- the request's other values and its scope as numbers and pointers from clbagent's own nginx
+--- module (clbagent/nginx/module, clb_metrics_values), and keeps them in buffers of the worker.
+--- Where nginx runs without that module, it reads instead one nginx variable that holds the
+--- values joined as text (clbagent/nginx/metrics_channel.py: LOG_FIELDS). The buffers are added into plain Lua tables in one loop, which LuaJIT compiles and which runs
 --- with its data in the cache: when they are full, before every flush and before the control
 --- channel answers the counters. Each worker merges the tables into
 --- lua_shared_dict clb_metrics once a second, when it exits, and directly while it drains after a
@@ -19,12 +20,14 @@
 --- (clb.metrics_text); "\1<key>" locks a record while a worker merges into it. /metrics on the
 --- control channel answers their Prometheus text; the agent adds it to its own.
 local cjson = require("cjson.safe")
+local ffi = require("ffi")
 local new_tab = require("table.new")
 local text = require("clb.metrics_text")
 
 local ngx = ngx
 local ngx_var, now, start_time = ngx.var, ngx.now, ngx.req.start_time
 local tonumber, pairs, byte, find, sub, floor = tonumber, pairs, string.byte, string.find, string.sub, math.floor
+local ffi_string = ffi.string
 
 local M = {}
 
@@ -85,13 +88,15 @@ local function ms_at(s, i)
 end
 
 --- The start of the last of nginx's per-try values in s[i..j], separated by ", " (tries) and
---- " : " (internal redirects): "0.003, 0.002 : 0.001", "10.0.0.1:80, 10.0.0.2:80".
+--- " : " (internal redirects): "0.003, 0.002 : 0.001", "10.0.0.1:80, 10.0.0.2:80"; j + 1 when
+--- the values end with " : " (the last upstream made no try).
 local function last_start(s, i, j)
   local sp = find(s, " ", i, true) -- a single try (the usual case) has no space
   if not sp or sp > j then
     return i
   end
-  return i - 1 + find(sub(s, i, j), "[^ ]+$")
+  local k = find(sub(s, i, j), "[^ ]+$")
+  return k and i - 1 + k or j + 1
 end
 
 local function key_of(name, prefix)
@@ -138,12 +143,13 @@ local function merge(dict, k, counts, n, can_wait)
   return false
 end
 
---- Add one request into this worker's counters: its status, its time in milliseconds (as
---- $request_time has it) and its joined values (LOG_FIELDS), "<request_length>|<bytes_sent>|
---- <connection_requests>|<upstream_header_time>|<upstream_response_time>|<upstream_addr>|<scope>",
---- the upstream values empty without an upstream. Returns the scope, and the member's counts and
---- address.
-local function add(status, rt_ms, s)
+--- The values of the joined variable (LOG_FIELDS), "<request_length>|<bytes_sent>|
+--- <connection_requests>|<upstream_header_time>|<upstream_response_time>|<upstream_addr>|<scope>"
+--- (the upstream values empty without an upstream), as ``add`` takes them: the scope, the bytes
+--- in and out, whether the request was the connection's first, whether the last try's response
+--- header came from a backend, the last try's time in milliseconds (-1: none) and its address
+--- (false: none). This is the path without nginx's module of the counters (clb_metrics_values).
+local function parse(s)
   local c = find(s, "|", 1, true)
   local bytes_in = tonumber(sub(s, 1, c - 1)) or 0
   local d = find(s, "|", c + 1, true)
@@ -154,14 +160,29 @@ local function add(status, rt_ms, s)
   local g = find(s, "|", f + 1, true)
   local h = find(s, "|", g + 1, true)
   local scope = sub(s, h + 1)
+  -- the backend answered when the last try's $upstream_header_time is a time (its last
+  -- character a digit), not "-" (no header) nor " : " (no try)
+  local last = byte(s, f - 1)
+  local backend = f > e + 1 and last >= 48 and last <= 57
+  if g == f + 1 then -- no upstream
+    return scope, bytes_in, bytes_out, new_conn, backend, -1, false
+  end
+  local k = last_start(s, f + 1, g - 1)
+  local ut_ms = k < g and ms_at(s, k) or -1
+  k = last_start(s, g + 1, h - 1)
+  return scope, bytes_in, bytes_out, new_conn, backend, ut_ms, k < h and sub(s, k, h - 1)
+end
+
+--- Add one request into this worker's counters: its status, its time in milliseconds (as
+--- $request_time has it) and the values ``parse`` describes. Returns the scope, and the member's
+--- counts and address.
+local function add(status, rt_ms, scope, bytes_in, bytes_out, new_conn, backend, ut_ms, addr)
   local counts = scopes[scope]
   if not counts then
     counts = zeros(NFIELDS)
     scopes[scope] = counts
   end
   local class = status >= 100 and status < 600 and (status - status % 100) / 100 or 4 -- 0: no response
-  -- the backend answered when the last try's $upstream_header_time is a time, not "-"
-  local backend = f > e + 1 and byte(s, f - 1) ~= DASH
   local src = backend and REQ_B or REQ_L
   counts[src + class] = counts[src + class] + 1
   if status == 404 then
@@ -185,11 +206,7 @@ local function add(status, rt_ms, s)
   counts[RT_SUM] = counts[RT_SUM] + rt_ms / 1000
   local i = RT_BUCKET + bucket(rt_ms)
   counts[i] = counts[i] + 1
-  if g == f + 1 then -- no upstream
-    return scope
-  end
-  local ut_ms = ms_at(s, last_start(s, f + 1, g - 1))
-  if not ut_ms then
+  if ut_ms < 0 then -- no upstream, or its last try has no time
     return scope
   end
   local ut = ut_ms / 1000
@@ -198,12 +215,10 @@ local function add(status, rt_ms, s)
   i = UT_BUCKET + bucket(ut_ms)
   counts[i] = counts[i] + 1
   -- a member is an address of the configuration ("ip:port", "[v6]:port"), never an upstream name
-  local k = last_start(s, g + 1, h - 1)
-  local first = byte(s, k)
-  if k >= h or not (first == 91 or (first >= 48 and first <= 57)) then
+  local first = addr and byte(addr, 1)
+  if not first or not (first == 91 or (first >= 48 and first <= 57)) then
     return scope
   end
-  local addr = sub(s, k, h - 1)
   local by_member = members[scope]
   if not by_member then
     by_member = {}
@@ -223,16 +238,43 @@ local function add(status, rt_ms, s)
   return scope, mc, addr
 end
 
--- the requests not yet added: status, milliseconds, joined values
-local statuses, times, pending, npending = new_tab(BATCH, 0), new_tab(BATCH, 0), new_tab(BATCH, 0), 0
+-- The requests not yet added: status, milliseconds and either the joined variable (without the
+-- module) or the values themselves (with it).
+local statuses, times, npending = new_tab(BATCH, 0), new_tab(BATCH, 0), 0
+local joined = new_tab(BATCH, 0)
+local b_scope, b_in, b_out, b_new = new_tab(BATCH, 0), new_tab(BATCH, 0), new_tab(BATCH, 0), new_tab(BATCH, 0)
+local b_backend, b_ut, b_addr = new_tab(BATCH, 0), new_tab(BATCH, 0), new_tab(BATCH, 0)
 
---- Add the buffered requests into the counters: one loop over strings that are still in the
+-- nginx's module of the counters (clbagent/nginx/module), when nginx loaded it: the values as
+-- numbers, with no text formatted by nginx nor parsed here.
+pcall(ffi.cdef, [[
+int clb_metrics_values(void *r, double *out, const unsigned char **addr, size_t *addr_len,
+                       intptr_t scope_index, const unsigned char **scope, size_t *scope_len);
+intptr_t clb_metrics_variable_index(void *r, const char *name, size_t len);
+]]) -- pcall: declared once per Lua state, whoever loads this file again
+local C = ffi.C
+M.module = pcall(function()
+  return C.clb_metrics_values and C.clb_metrics_variable_index
+end)
+local get_request = M.module and require("resty.core.base").get_request
+local vals = ffi.new("double[5]")
+local addr_p, addr_len = ffi.new("const unsigned char *[1]"), ffi.new("size_t[1]")
+local scope_p, scope_len = ffi.new("const unsigned char *[1]"), ffi.new("size_t[1]")
+local scope_index -- of the scope variable, looked up at the first request
+
+--- Add the buffered requests into the counters: one loop over values that are still in the
 --- cache, which LuaJIT compiles once (the log phase itself runs between two requests' other work).
 local function add_pending()
   local n = npending
   npending = 0
-  for j = 1, n do
-    add(statuses[j], times[j], pending[j])
+  if M.module then
+    for j = 1, n do
+      add(statuses[j], times[j], b_scope[j], b_in[j], b_out[j], b_new[j], b_backend[j], b_ut[j], b_addr[j])
+    end
+  else
+    for j = 1, n do
+      add(statuses[j], times[j], parse(joined[j]))
+    end
   end
 end
 
@@ -276,14 +318,45 @@ function M.start()
   end
 end
 
---- log_by_lua: keep the request's values, read from the variable ``var_name`` that joins them
---- (LOG_FIELDS). One variable read: each further ngx.var read would cost about as much as the
---- buffering and the adding together.
+--- The request's values from nginx's module: the scope (nil: not counted) and the values
+--- ``parse`` describes.
+local function values(scope_var)
+  local r = get_request()
+  if not scope_index then
+    scope_index = tonumber(C.clb_metrics_variable_index(r, scope_var, #scope_var))
+  end
+  if scope_index < 0 or C.clb_metrics_values(r, vals, addr_p, addr_len, scope_index, scope_p, scope_len) == 0 then
+    return nil
+  end
+  local n = tonumber(scope_len[0])
+  if n == 0 then
+    return nil
+  end
+  local addr = false
+  local alen = tonumber(addr_len[0])
+  if alen > 0 then
+    addr = ffi_string(addr_p[0], alen)
+  end
+  return ffi_string(scope_p[0], n), vals[0], vals[1], vals[2] == 1, vals[3] >= 0, vals[4], addr
+end
+
+--- log_by_lua: keep the request's values: from nginx's module when it is loaded, else from the
+--- variable ``log_var`` that joins them (LOG_FIELDS; one variable read: each further ngx.var
+--- read would cost about as much as the buffering and the adding together). ``scope_var``: the
+--- variable that holds the scope.
 --- A draining worker (its timer ran for the last time) adds and merges the request at once.
-function M.log(var_name)
-  local s = ngx_var[var_name]
-  if not s or byte(s, -1) == SEP then -- the scope is empty: not counted
-    return
+function M.log(log_var, scope_var)
+  local scope, bytes_in, bytes_out, new_conn, backend, ut_ms, addr, s
+  if M.module then
+    scope, bytes_in, bytes_out, new_conn, backend, ut_ms, addr = values(scope_var)
+    if not scope then
+      return
+    end
+  else
+    s = ngx_var[log_var]
+    if not s or byte(s, -1) == SEP then -- the scope is empty: not counted
+      return
+    end
   end
   -- $status and $request_time from the request itself, through the FFI: as a variable, each
   -- would cost nginx a formatted string
@@ -292,7 +365,12 @@ function M.log(var_name)
     rt_ms = 0
   end
   if draining then
-    local scope, mc, addr = add(status, rt_ms, s)
+    local mc
+    if s then
+      scope, mc, addr = add(status, rt_ms, parse(s))
+    else
+      scope, mc, addr = add(status, rt_ms, scope, bytes_in, bytes_out, new_conn, backend, ut_ms, addr)
+    end
     local dict = ngx.shared.clb_metrics
     if dict then
       merge(dict, key_of(scope, "\2"), scopes[scope], NFIELDS, false)
@@ -302,9 +380,16 @@ function M.log(var_name)
     end
     return
   end
-  npending = npending + 1
-  statuses[npending], times[npending], pending[npending] = status, rt_ms, s
-  if npending >= BATCH then
+  local j = npending + 1
+  npending = j
+  statuses[j], times[j] = status, rt_ms
+  if s then
+    joined[j] = s
+  else
+    b_scope[j], b_in[j], b_out[j], b_new[j], b_backend[j], b_ut[j], b_addr[j] =
+      scope, bytes_in, bytes_out, new_conn, backend, ut_ms, addr
+  end
+  if j >= BATCH then
     add_pending()
   end
 end

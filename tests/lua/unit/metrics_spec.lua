@@ -190,6 +190,19 @@ describe("clb.metrics", function()
     assert.equal(2, counters(data, S)["ut 0.005"]) -- the last try's time (0.003), and the 0.000 of no peer
   end)
 
+  it("counts a last upstream that made no try (after an internal redirect) as the load balancer's", function()
+    local m, data = fresh()
+    local vars = BACKEND_200()
+    vars.upstream_header_time, vars.upstream_response_time = "0.002 : ", "0.003 : "
+    vars.upstream_addr = "10.0.0.1:80 : "
+    request(m, 502, vars)
+    m.flush()
+    assert.equal(1, counters(data, S)["req 5xx lb"])
+    assert.equal(1, counters(data, S)["code 502 lb"])
+    assert.is_nil(counters(data, S)["ut count"])
+    assert.same({}, counters(data, S .. "\t10.0.0.1:80"))
+  end)
+
   it("counts nothing without a scope", function()
     local m, data = fresh()
     request(m, 200, { scope = "" })
