@@ -403,7 +403,7 @@ class Engine:
         rendered again only when a data file changed (unchanged units keep their very strings,
         which compare at once)."""
         data = tuple(unit.get(names.data_file(lb_id)) for lb_id, unit in sorted(units.items())) if self.dynamic else ()
-        key = (self.config.worker_shutdown_timeout, data)
+        key = (self.config.worker_shutdown_timeout, self.config.nginx_binary, data)
         for known, text in self._main:
             if known == key:
                 return text
@@ -414,6 +414,7 @@ class Engine:
             dynamic=self.dynamic,
             upstreams=self._upstreams(units) if self.dynamic else None,
             conf_dir=str(root / "current"),
+            nginx=self.config.nginx_binary,
         )
         self._main = [(key, main), *self._main[:1]]  # the new one and the one served
         return main

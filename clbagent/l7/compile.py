@@ -134,20 +134,22 @@ def main_conf(
     dynamic: bool = False,
     upstreams: Mapping[str, channel.Upstream] | None = None,
     conf_dir: str | None = None,
+    nginx: str | None = None,
 ) -> str:
     """``nginx.conf``: global settings and the include of every load balancer's file.
     ``worker_shutdown_timeout`` bounds how long old workers drain after a reload. ``dynamic``:
     load the Lua balancer, the data files of ``<conf_dir>/upstreams`` (``conf_dir``: the directory
     nginx.conf is served from, default ``prefix``; the agent's is ``<root>/current``) and serve the
     control channel on ``<prefix>/run/ctl.sock``; ``upstreams`` (all of them, see
-    ``upstreams_of``) sizes the shared memory."""
+    ``upstreams_of``) sizes the shared memory. ``nginx``: the binary that will serve it (default
+    the one clbagent runs), which decides whether clbagent's metrics module can be loaded."""
     prefix = prefix.rstrip("/") or "/"
     lua = lua_text(prefix, conf_dir or prefix, upstreams or {}) if dynamic else None
     return render(
         "nginx.conf.j2",
         prefix=prefix,
         lua=lua,
-        metrics_module=module_path() if dynamic else None,
+        metrics_module=module_path(nginx=nginx) if dynamic else None,
         worker_shutdown_timeout=worker_shutdown_timeout,
         headers_more=HEADERS_MORE,
         proxy_headers=DEFAULT_PROXY_HEADERS,

@@ -5,8 +5,8 @@ One record is kept per command line (its arguments and working directory) in the
 directory, ``$XDG_CACHE_HOME/clbagent`` or ``~/.cache/clbagent`` (0700, the user's own). A record
 answers only when everything the answer depends on is as it was:
 
-- the code: every file of the clbagent package, the Python interpreter, the installed
-  distributions (names and versions);
+- the code: every file of the clbagent package (its nginx module included), the nginx binary (size
+  and time), the Python interpreter, the installed distributions (names and versions);
 - the settings file named by ``--settings`` (its bytes);
 - the document files (the same list, each one's bytes) and every certificate or key file they
   named, read again through the loader's own checks (:func:`clbagent.reading.read_cert_file`);
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import clbagent
+from clbagent.nginx.process import NGINX
 
 from .prefix import holds
 
@@ -151,7 +152,7 @@ def _arguments(args: Any) -> dict[str, str]:
 
 
 def _head(args: Any) -> str:
-    """Digest of the command line, the code and the settings file."""
+    """Digest of the command line, the code, the nginx binary and the settings file."""
     h = hashlib.sha256()
     h.update(json.dumps([FORMAT, os.getcwd(), _arguments(args), sys.version, sys.executable]).encode())
     package = Path(clbagent.__file__).parent
@@ -165,6 +166,11 @@ def _head(args: Any) -> str:
     for entry in sys.path:
         if entry.endswith("-packages") and os.path.isdir(entry):
             h.update("\0".join(sorted(n for n in os.listdir(entry) if n.endswith(".dist-info"))).encode())
+    try:  # an upgraded nginx may no longer load clbagent's metrics module (render --out names it)
+        st = os.stat(NGINX)
+        h.update(f"\0nginx {st.st_size} {st.st_mtime_ns}".encode())
+    except OSError:
+        h.update(b"\0no nginx")
     settings = getattr(args, "settings", None)
     if settings is not None:
         try:
