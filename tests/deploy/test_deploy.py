@@ -130,6 +130,14 @@ def test_nginx_serves_the_example_through_its_vip(host, backends):
     assert vip_get(host, scheme="https", port=8443) == f"backend-{BACKENDS[0]}"
 
 
+def test_nginx_runs_dynamic_upstreams_and_the_metrics_module(host):
+    """The role's packages give the gateway nginx's Lua module, so the agent serves dynamic upstreams;
+    clbagent's metrics module from the package was built for this nginx and is loaded too."""
+    maps = host.check_output(f"cat /proc/{nginx_master(host)}/maps")
+    assert "ngx_http_lua_module.so" in maps
+    assert "/opt/clbagent/" in maps and "ngx_http_clb_metrics_module.so" in maps
+
+
 def test_l4_services_are_in_the_ipvs_table(host):
     services = ipvs_services(host)
     assert f"TCP {VIP}:15432 wrr" in services
