@@ -8,43 +8,10 @@
 --- is this repository's Lua (a fixed-peer loop as a reference is compiled away by LuaJIT).
 ---
 --- Run:  luajit bench/balancer_micro.lua [requests] [wrr|least_conn|ip_hash]   (from the repository root)
-package.path = "clbagent/lua/?.lua;" .. package.path
+package.path = "clbagent/lua/?.lua;tests/lua/?.lua;" .. package.path
 local ffi = require("ffi")
 
-local function dict()
-  local data = {}
-  local d = {}
-  function d.get(_, k)
-    return data[k]
-  end
-  function d.set(_, k, v)
-    data[k] = v
-    return true
-  end
-  d.safe_set = d.set
-  function d.incr(_, k, by, init)
-    local v = data[k]
-    if v == nil then
-      if init == nil then
-        return nil, "not found"
-      end
-      v = init
-    end
-    data[k] = v + by
-    return v + by
-  end
-  function d.delete(_, k)
-    data[k] = nil
-  end
-  function d.get_keys()
-    local keys = {}
-    for k in pairs(data) do
-      keys[#keys + 1] = k
-    end
-    return keys
-  end
-  return d
-end
+local dict = require("shared_dict").new
 
 local request = ffi.cast("void *", 0x10000)
 package.loaded["resty.core.base"] = {

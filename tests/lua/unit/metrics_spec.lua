@@ -3,38 +3,7 @@
 local LOG_VAR = "clb_log_test"
 local S = "lb-1/lbl-1/loc-1/www.example.com"
 
---- ngx.shared.DICT for the calls the module makes (safe_set and add refuse a new key when full).
-local function dict(capacity)
-  local d = { data = {}, n = 0 }
-  function d:get(k)
-    return self.data[k]
-  end
-  local function store(self, k, v)
-    if self.data[k] == nil then
-      if self.n >= (capacity or math.huge) then
-        return false, "no memory"
-      end
-      self.n = self.n + 1
-    end
-    self.data[k] = v
-    return true
-  end
-  function d:safe_set(k, v)
-    return store(self, k, v)
-  end
-  function d:add(k, v)
-    if self.data[k] ~= nil then
-      return false, "exists"
-    end
-    return store(self, k, v)
-  end
-  function d:delete(k)
-    if self.data[k] ~= nil then
-      self.data[k], self.n = nil, self.n - 1
-    end
-  end
-  return d
-end
+local dict = require("shared_dict").new
 
 --- The counters a record holds, by name (zeros left out), as the text shows them.
 local function counters(data, key)

@@ -1,49 +1,6 @@
 local store = require("clb.store")
 
---- A stand-in for ngx.shared.DICT with its semantics for the calls the store makes.
-local function dict(capacity)
-  local d = { data = {}, n = 0 }
-  function d:get(k)
-    return self.data[k]
-  end
-  function d:safe_set(k, v)
-    if self.data[k] == nil then
-      if self.n >= (capacity or math.huge) then
-        return false, "no memory"
-      end
-      self.n = self.n + 1
-    end
-    self.data[k] = v
-    return true
-  end
-  d.set = d.safe_set
-  function d:incr(k, by, init)
-    local v = self.data[k]
-    if v == nil then
-      if init == nil then
-        return nil, "not found"
-      end
-      v = init
-      self.n = self.n + 1
-    end
-    self.data[k] = v + by
-    return v + by
-  end
-  function d:delete(k)
-    if self.data[k] ~= nil then
-      self.n = self.n - 1
-    end
-    self.data[k] = nil
-  end
-  function d:get_keys()
-    local keys = {}
-    for k in pairs(self.data) do
-      keys[#keys + 1] = k
-    end
-    return keys
-  end
-  return d
-end
+local dict = require("shared_dict").new
 
 local function upstream(endpoint)
   return { method = "wrr", members = { { endpoint = endpoint, weight = 1, down = false } } }
