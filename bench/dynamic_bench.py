@@ -106,7 +106,7 @@ def variants_of(work: Path, before: Path | None, floor: bool) -> dict[str, Path]
     """The variants to measure, each with the Lua directory its nginx loads."""
     out = dict.fromkeys(VARIANTS, LUA_DIR)
     if before:
-        out[BEFORE] = before
+        out[BEFORE] = before.resolve()
     if floor:
         out[FLOOR] = floor_lua(work)
     return out
@@ -250,8 +250,7 @@ class Front:
         )
         assert conf != cfg.files["nginx.conf"], "nginx.conf no longer says worker_processes auto"
         if variant in ("dynamic-nometrics", BEFORE, FLOOR):
-            conf = without_metrics(conf, cfg.files, str(self.prefix))
-            conf = conf.replace(f'lua_package_path "{LUA_DIR}/', f'lua_package_path "{lua}/')
+            conf = without_metrics(conf, cfg.files, str(self.prefix), lua)
         cfg.files["nginx.conf"] = conf
         write_prefix(cfg, self.prefix)
         self.nginx = Nginx(self.prefix)
@@ -329,14 +328,14 @@ class Front:
         self.nginx.stop()
 
 
-def without_metrics(conf: str, files: dict[str, str], prefix: str) -> str:
+def without_metrics(conf: str, files: dict[str, str], prefix: str, lua: Path = LUA_DIR) -> str:
     """The compiled nginx.conf with the http-level Lua of ``count=False`` (the balancer's phases
-    only), and every include file without its scope variable."""
+    only, their code taken from ``lua``), and every include file without its scope variable."""
     upstreams = upstreams_of(files)
     counted = lua_text(prefix, prefix, upstreams).http
     assert counted in conf, "the compiled http-level Lua changed: update the benchmark"
     sticky = any(u.sticky for u in upstreams.values())
-    bare = http_directives(Path(prefix) / DATA_DIR, shared_dict_size(upstreams), count=False, sticky=sticky)
+    bare = http_directives(Path(prefix) / DATA_DIR, shared_dict_size(upstreams), lua, count=False, sticky=sticky)
     for path in [p for p in files if p.startswith("conf.d/")]:
         files[path] = re.sub(rf"\n *set \${SCOPE_VAR} [^\n]*;", "", files[path])
     return conf.replace(counted, bare)

@@ -57,6 +57,5 @@ def test_every_line_is_strict_json_with_invalid_utf8_and_control_bytes(serve, st
         *("request_time", "upstream_connect_time", "request_length", "tcpinfo_rtt", "upstream_response_time"),
         *("status", "http_user_agent", "vip_vpcid"),
     }
-    for r in records:  # R140: request time, path, client IP and port, status, response time
-        assert {"time_local", "request", "remote_addr", "remote_port", "status", "request_time"} <= set(r)
+    for r in records:  # R140's request time, path, client IP and port, status, response time among them
         assert record_fields <= set(r)

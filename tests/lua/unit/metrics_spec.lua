@@ -155,7 +155,7 @@ describe("clb.metrics", function()
     m.flush()
     assert.equal(1, counters(data, S .. "\t10.0.0.2:80")["req 2xx backend"])
     assert.is_nil(counters(data, S .. "\t10.0.0.1:80")["req 2xx backend"])
-    assert.is_nil(counters(data, S)["u_abc_loc\treq 5xx lb"])
+    assert.same({}, counters(data, S .. "\tu_abc_loc")) -- no member record under an upstream's name
     assert.equal(2, counters(data, S)["ut 0.005"]) -- the last try's time (0.003), and the 0.000 of no peer
   end)
 
