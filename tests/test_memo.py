@@ -57,6 +57,16 @@ def test_unchanged_input_is_answered_from_the_record(docs, full_runs, capsys):
     assert full_runs == ["check", "check"]
 
 
+def test_a_damaged_record_runs_in_full(docs, tmp_path, full_runs, capsys):
+    first = output(capsys, ["validate", str(docs)])
+    (record,) = (tmp_path / "cache" / "clbagent").glob("*.json")
+    kept = json.loads(record.read_text())
+    for damage in ({"head": kept["head"]}, {**kept, "seen": 7}, {**kept, "rc": "x"}):
+        record.write_text(json.dumps({**damage, "format": kept["format"]}))
+        assert output(capsys, ["validate", str(docs)]) == first
+    assert full_runs == ["check"] * 4
+
+
 def test_a_changed_document_or_certificate_file_runs_in_full(docs, full_runs, capsys):
     output(capsys, ["validate", str(docs)])
     shop = docs / "shop.yaml"

@@ -37,6 +37,7 @@ from clbagent.l4 import IpvsPlan
 from clbagent.l7 import names
 from clbagent.l7.compile import compile_unit, main_conf
 from clbagent.nginx.controller import NginxController
+from clbagent.nginx.metrics_channel import module_path
 from clbagent.nginx.upstreams_channel import (
     ChannelError,
     Upstream,
@@ -403,7 +404,9 @@ class Engine:
         rendered again only when a data file changed (unchanged units keep their very strings,
         which compare at once)."""
         data = tuple(unit.get(names.data_file(lb_id)) for lb_id, unit in sorted(units.items())) if self.dynamic else ()
-        key = (self.config.worker_shutdown_timeout, self.config.nginx_binary, data)
+        # the metrics module as it fits the binary now: an nginx upgraded in place renders anew
+        module = module_path(nginx=self.config.nginx_binary) if self.dynamic else None
+        key = (self.config.worker_shutdown_timeout, self.config.nginx_binary, module, data)
         for known, text in self._main:
             if known == key:
                 return text

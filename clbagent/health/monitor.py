@@ -32,7 +32,7 @@ from clbagent.health.stream import StreamProber
 from clbagent.health.syn import SynProber, raw_allowed
 
 BATCH = 2000  # probes started per loop iteration at most (the status socket keeps answering)
-RETRY = 2  # slots (100 ms) before a probe that could not be sent is tried again
+RETRY = max(1, round(0.1 / TICK))  # slots (100 ms) before a probe that could not be sent is tried again
 SAVE_DELAY = 0.5  # transitions within this window are written to disk once
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import clbagent
 from clbagent.nginx.process import NGINX
+from clbagent.reading import digest
 
 from .prefix import holds
 
@@ -81,10 +82,14 @@ def answer(args: Any, full: Callable[[Run | None], int], out: Path | None = None
         return full(None)
     head = _head(args)
     record = _read(where)
-    if record is not None and _still_holds(record, head, args.paths, out):
-        sys.stderr.write(record["stderr"])
-        sys.stdout.write(record["stdout"])
-        return int(record["rc"])
+    try:
+        if record is not None and _still_holds(record, head, args.paths, out):
+            stderr_text, stdout_text, rc = str(record["stderr"]), str(record["stdout"]), int(record["rc"])
+            sys.stderr.write(stderr_text)
+            sys.stdout.write(stdout_text)
+            return rc
+    except (KeyError, TypeError, ValueError, AttributeError):  # a damaged record: run in full
+        record = None
     from clbagent.reading import Reading
 
     parsed = record.get("parsed") if record is not None and record["head"] == head else None
@@ -124,11 +129,7 @@ def note_state(run: Run, state: DesiredState) -> None:
 
 
 def written_digests(files: dict[str, str]) -> dict[str, str]:
-    return {rel: _digest(text.encode()) for rel, text in files.items()}
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return {rel: digest(text.encode()) for rel, text in files.items()}
 
 
 def _record_path(args: Any) -> Path | None:
@@ -144,7 +145,7 @@ def _record_path(args: Any) -> Path | None:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
         return None
     line = json.dumps([os.getcwd(), _arguments(args)], sort_keys=True)
-    return folder / f"{_digest(line.encode())[:32]}.json"
+    return folder / f"{digest(line.encode())[:32]}.json"
 
 
 def _arguments(args: Any) -> dict[str, str]:

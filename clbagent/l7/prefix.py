@@ -12,11 +12,12 @@ symlink found in place of a file is replaced, never followed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from clbagent import reading
 
 if TYPE_CHECKING:
     from .compile import NginxConfig
@@ -136,7 +137,7 @@ def _digest_is(path: str, digest: str, mode: int) -> bool:
         if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) != mode:
             return False
         data = os.read(fd, info.st_size + 1)  # one read: a file that differs in size differs anyway
-        return len(data) == info.st_size and hashlib.sha256(data).hexdigest() == digest
+        return len(data) == info.st_size and reading.digest(data) == digest
     finally:
         os.close(fd)
 
